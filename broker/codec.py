@@ -1,0 +1,171 @@
+"""Pure functions between entries and the bytes stored in Redis.
+
+Stored layout (DESIGN §3): a stream entry has the fields ``l`` (the per-step line number, assigned
+by the write script) and ``b`` (the body: a msgpack array, positions below), plus ``t`` (totals,
+packed by the script) on end entries. The job id is the key; the stream id is the entry id.
+
+Body v1: ``[version, ts_ms, level, kind, msg, step, worker, parent, status, job_name, job_type,
+src, seq, fields]`` with level and kind as numbers (see ``constants``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+
+from .constants import (
+    BODY_VERSION,
+    KIND_END,
+    KIND_NAMES,
+    LEVEL_NAMES,
+    MAX_FIELDS_BYTES,
+    STREAM_FIELD_BODY,
+    STREAM_FIELD_LINE,
+    STREAM_FIELD_TOTALS,
+)
+from .entry import Entry, scrub_text
+from .errors import CodecError, InvalidEntry
+
+_BODY_LEN = 14
+_packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
+# The write script reads control tuples with Lua's cmsgpack, which knows the classic raw type best.
+_pack_raw = msgpack.Packer(use_bin_type=False, autoreset=True).pack
+
+
+def pack_body(
+    ts_ms: int,
+    level: int,
+    kind: int,
+    msg: str,
+    step: str | None,
+    worker: str | None,
+    parent: str | None,
+    status: str | None,
+    job_name: str | None,
+    job_type: str | None,
+    src: str | None,
+    seq: int | None,
+    fields: dict[str, Any] | None,
+) -> bytes:
+    body = [BODY_VERSION, ts_ms, level, kind, msg, step, worker, parent, status, job_name, job_type, src, seq]
+    body.append(fields)
+    try:
+        packed: bytes = _packb(body)
+    except UnicodeEncodeError:
+        packed = _packb(_scrub(body))
+    if fields is not None and len(packed) - len(msg) > MAX_FIELDS_BYTES + 2048:
+        raise InvalidEntry("fields", f"packed size exceeds {MAX_FIELDS_BYTES} bytes")
+    return packed
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    if isinstance(value, dict):
+        return {scrub_text(k): _scrub(v) for k, v in value.items()}
+    return value
+
+
+def pack_control(step: str, worker: str, src: str, seq: int, kind: int, status: str, body: bytes) -> bytes:
+    """One element of a write batch: what the Lua script needs to route, count and dedupe."""
+    packed: bytes = _pack_raw([step, worker, src, seq, kind, status, body])
+    return packed
+
+
+def pack_batch(items: list[bytes]) -> bytes:
+    """A msgpack array made of already packed elements, without re-packing them."""
+    n = len(items)
+    if n < 16:
+        header = bytes((0x90 | n,))
+    elif n < 0x10000:
+        header = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        header = b"\xdd" + n.to_bytes(4, "big")
+    return header + b"".join(items)
+
+
+def ms_to_iso(ts_ms: int) -> str:
+    dt = datetime.fromtimestamp(ts_ms / 1000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+
+
+def iso_to_ms(text: str) -> int:
+    """Parse an ISO-8601 timestamp; one without a zone is taken as UTC."""
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except (ValueError, AttributeError) as e:
+        raise InvalidEntry("ts", f"not an ISO-8601 timestamp: {text!r:.60}") from e
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp() * 1000)
+
+
+def unpack_body(raw: bytes) -> list[Any]:
+    try:
+        body = msgpack.unpackb(raw, raw=False, unicode_errors="replace", strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise CodecError(f"entry body is not msgpack: {e}") from e
+    if not isinstance(body, list) or len(body) < _BODY_LEN or body[0] != BODY_VERSION:
+        raise CodecError("entry body has an unknown layout")
+    return body
+
+
+def unpack_totals(raw: bytes) -> dict[str, Any]:
+    """Totals packed by Lua: empty Lua tables arrive as empty arrays, so normalise them to objects."""
+    try:
+        totals = msgpack.unpackb(raw, raw=False, unicode_errors="replace", strict_map_key=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise CodecError(f"end totals are not msgpack: {e}") from e
+    if not isinstance(totals, dict):
+        raise CodecError("end totals are not a map")
+    for key in ("steps", "workers", "publishers"):
+        if not totals.get(key):
+            totals[key] = {}
+    for step, workers in list(totals["workers"].items()):
+        if not workers:
+            totals["workers"][step] = {}
+    return totals
+
+
+def decode_entry(job: str, entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
+    """A stored stream entry as the JSON-ready dict of DESIGN §2."""
+    try:
+        raw_body = fields[STREAM_FIELD_BODY]
+        line = int(fields[STREAM_FIELD_LINE])
+    except (KeyError, ValueError) as e:
+        raise CodecError(f"stream entry {entry_id} lacks its line or body") from e
+    b = unpack_body(raw_body)
+    extra = b[13]
+    kind = b[3]
+    if kind == KIND_END and STREAM_FIELD_TOTALS in fields:
+        extra = dict(extra or {})
+        extra["totals"] = unpack_totals(fields[STREAM_FIELD_TOTALS])
+    return {
+        "id": entry_id,
+        "job": job,
+        "job_name": b[9],
+        "job_type": b[10],
+        "step": b[5],
+        "worker": b[6],
+        "parent": b[7],
+        "line": line,
+        "level": LEVEL_NAMES.get(b[2], "info"),
+        "kind": KIND_NAMES.get(kind, "log"),
+        "status": b[8],
+        "msg": b[4],
+        "ts": ms_to_iso(b[1]),
+        "src": b[11],
+        "seq": b[12],
+        "fields": extra,
+    }
+
+
+def entry_json(entry: Entry) -> str:
+    """One line of JSON: control characters are escaped, so it is safe as one SSE ``data:`` line."""
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))

@@ -1,0 +1,149 @@
+"""What both publishers share: identity, the outbox, settling write outcomes, health, fork safety.
+
+Fork safety: a child process must never write through its parent's sockets or resend its
+parent's buffered entries (the parent delivers those). Every live publisher is reset in the child
+right after ``fork()``: new ``src``, empty outbox, no connections, no sender; it starts again on
+first use.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import socket
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .config import PublisherConfig
+from .constants import KINDS, LEVELS
+from .delivery import Backoff, Outcome, is_retryable
+from .entry import kind_number, level_number
+from .errors import PublisherClosed
+from .outbox import Batch, DeliveryReport, Offer, Outbox
+
+log = logging.getLogger(__name__)
+_LIVE: weakref.WeakSet[PublisherCore] = weakref.WeakSet()
+
+
+def default_src() -> str:
+    """``host:pid:random``: unique per publisher instance, so a recycled pid (pid 1 in every
+    container) never makes a new publisher's entries look like duplicates of an old one's."""
+    return f"{socket.gethostname()[:64]}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+@dataclass(frozen=True, slots=True)
+class PublisherHealth:
+    connected: bool
+    consecutive_failures: int
+    last_error: str | None
+    pending: int
+    dropped: int
+    rejected: int
+
+
+class PublisherCore:
+    """Base of :class:`Publisher` and :class:`SyncPublisher`; not used on its own."""
+
+    def __init__(self, config: PublisherConfig | None) -> None:
+        self.config = config or PublisherConfig()
+        self._reset()
+        self._closed = False
+        _LIVE.add(self)
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        self.src = self.config.src or default_src()
+        self._outbox = Outbox(self.config, self.src)
+        self._backoff = Backoff()
+        self._connected = False
+        self._last_error: str | None = None
+
+    def _after_fork_in_child(self) -> None:
+        self._reset()
+
+    def _offer(
+        self,
+        job: str,
+        msg: object,
+        level: str | int,
+        kind: str,
+        step: str | None,
+        worker: str | None,
+        parent: str | None,
+        status: str | None,
+        fields: dict[str, Any] | None,
+        job_name: str | None,
+        job_type: str | None,
+        ts_ms: int | None,
+    ) -> Offer:
+        if self._closed:
+            raise PublisherClosed(f"publisher {self.src} is closed")
+        lv = LEVELS.get(level) if isinstance(level, str) else None
+        kd = KINDS.get(kind)
+        return self._outbox.offer(
+            job, msg, level=lv if lv is not None else level_number(level),
+            kind=kd if kd is not None else kind_number(kind), step=step, worker=worker, parent=parent,
+            status=status, fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
+        )  # fmt: skip
+
+    def _settle(self, batches: Sequence[Batch], outcomes: Sequence[Outcome]) -> float | None:
+        """Apply write outcomes; returns how long to wait before retrying some, or ``None``."""
+        retry: list[Batch] = []
+        error: BaseException | None = None
+        for batch, outcome in zip(batches, outcomes, strict=True):
+            if not isinstance(outcome, BaseException):
+                self._outbox.settle(batch, outcome)
+            elif is_retryable(outcome):
+                retry.append(batch)
+                error = outcome
+            else:
+                log.error("rejected %d entries of job %s for good: %s", len(batch.items), batch.job, outcome)
+                self._outbox.settle(batch, None)
+        if retry:
+            self._outbox.retry(retry)
+            return self._failed(error)
+        self._succeeded()
+        return None
+
+    def _write_failed(self, batches: Sequence[Batch], error: BaseException) -> float | None:
+        """The whole round trip failed (connection lost, timeout...): same as every batch failing."""
+        return self._settle(batches, [error] * len(batches))
+
+    def _failed(self, error: BaseException | None) -> float:
+        """Record a failed round trip; returns how long to wait before the next one."""
+        self._connected = False
+        self._last_error = f"{type(error).__name__}: {error}"
+        delay = self._backoff.next_delay_s()
+        n = self._backoff.failures
+        if n == 1 or n % 10 == 0:
+            log.warning("publisher %s: write failed (%s), attempt %d, retrying in %.2fs; %d entries kept",
+                        self.src, self._last_error, n, delay, self._outbox.entries)  # fmt: skip
+        return delay
+
+    def _succeeded(self) -> None:
+        if self._backoff.failures:
+            log.info("publisher %s: delivering again after %d failed attempts", self.src, self._backoff.failures)
+        self._backoff.reset()
+        self._connected = True
+
+    def report(self) -> DeliveryReport:
+        """Counts since this publisher started (in this process)."""
+        return self._outbox.report()
+
+    @property
+    def health(self) -> PublisherHealth:
+        r = self._outbox.report()
+        return PublisherHealth(
+            self._connected, self._backoff.failures, self._last_error, r.pending, r.dropped, r.rejected
+        )
+
+
+def _after_fork() -> None:
+    for publisher in list(_LIVE):
+        publisher._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -1,0 +1,94 @@
+"""Publish from the standard ``logging`` module, with job/step/worker taken from context.
+
+Existing code keeps calling ``log.info(...)``; who is logging comes from ``bind()`` (contextvars,
+so it follows threads' and asyncio tasks' own context), from a :class:`JobLoggerAdapter`, or
+from ``extra={"job": ..., "step": ..., "worker": ...}``.
+
+Lesson 6 (self-feeding loops): records from logbroker's own loggers, from redis-py, or emitted
+on a publisher's sender thread are never published, so no log call inside the pipeline can
+produce an entry.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import LogbrokerError
+from .sync_publisher import SyncPublisher
+
+_IGNORED_LOGGERS = ("broker", "gateway", "redis", "asyncio")
+_CONTEXT_KEYS = ("job", "step", "worker", "parent", "job_name", "job_type")
+
+
+@dataclass(frozen=True, slots=True)
+class LogContext:
+    job: str | None = None
+    step: str | None = None
+    worker: str | None = None
+    parent: str | None = None
+    job_name: str | None = None
+    job_type: str | None = None
+
+
+_current: ContextVar[LogContext] = ContextVar("logbroker_context", default=LogContext())
+
+
+@contextmanager
+def bind(**names: str | None) -> Iterator[LogContext]:
+    """Set job/step/worker (and parent, job_name, job_type) for log calls in this block.
+
+    Nested binds refine the outer one: ``bind(job="j")`` then ``bind(step="s", worker="w")``.
+    """
+    unknown = set(names) - set(_CONTEXT_KEYS)
+    if unknown:
+        raise TypeError(f"bind() got unknown names: {', '.join(sorted(unknown))}")
+    ctx = replace(_current.get(), **{k: v for k, v in names.items() if v is not None})
+    token = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(token)
+
+
+class JobLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
+    """``JobLoggerAdapter(log, job="j", step="s", worker="w").info("...")``."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
+class LogbrokerHandler(logging.Handler):
+    """A ``logging.Handler`` that publishes through a :class:`SyncPublisher` (non-blocking unless
+    its buffer is full, so it is fine in asyncio code too). ``job`` is the fallback job id."""
+
+    def __init__(self, publisher: SyncPublisher, *, job: str | None = None, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.publisher = publisher
+        self.default = LogContext(job=job)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith(_IGNORED_LOGGERS) or threading.current_thread().name.startswith("logbroker-"):
+            return
+        ctx = _current.get()
+        names = {k: getattr(record, k, None) or getattr(ctx, k) or getattr(self.default, k) for k in _CONTEXT_KEYS}
+        job = names.pop("job")
+        if job is None:
+            self.handleError(record)  # nowhere to store it: say so on stderr, never drop silently
+            return
+        fields = getattr(record, "fields", None)
+        fields = dict(fields) if isinstance(fields, dict) else {}
+        fields["logger"] = record.name
+        try:
+            self.publisher.publish(
+                job, self.format(record), level=record.levelno, fields=fields,
+                ts_ms=int(record.created * 1000), **names,
+            )  # fmt: skip
+        except LogbrokerError:
+            self.handleError(record)

@@ -1,0 +1,102 @@
+"""A job's meta hash (kept by the write script) as typed values.
+
+Per-step and per-worker totals are O(1) counters kept with the data (lesson 7): reading them is
+one ``HGETALL``, never a scan of the stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .constants import META_SEP
+
+
+@dataclass(slots=True)
+class WorkerMeta:
+    entries: int = 0
+    status: str | None = None
+
+
+@dataclass(slots=True)
+class StepMeta:
+    entries: int = 0
+    status: str | None = None
+    first_id: str | None = None
+    last_id: str | None = None
+    workers: dict[str, WorkerMeta] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class PublisherMeta:
+    entries: int = 0
+    last_seq: int = 0
+
+
+@dataclass(slots=True)
+class JobMeta:
+    job: str
+    name: str | None = None
+    type: str | None = None
+    status: str | None = None
+    created_ms: int | None = None
+    updated_ms: int | None = None
+    ended_ms: int | None = None
+    entries: int = 0
+    job_entries: int = 0  # entries without a step (job-level lines)
+    first_id: str | None = None
+    last_id: str | None = None
+    steps: dict[str, StepMeta] = field(default_factory=dict)
+    publishers: dict[str, PublisherMeta] = field(default_factory=dict)
+
+
+_INTS = {"created_ms", "updated_ms", "ended_ms"}
+_STRS = {"name", "type", "status", "first_id", "last_id"}
+
+
+def parse_meta(job: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobMeta | None:
+    """``None`` for an empty hash: the job does not exist (or has expired)."""
+    if not raw:
+        return None
+    meta = JobMeta(job)
+    for k, v in raw.items():
+        key = k.decode("utf-8", "replace") if isinstance(k, bytes) else k
+        value = v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+        _apply(meta, key, value)
+    return meta
+
+
+def _apply(meta: JobMeta, key: str, value: str) -> None:  # noqa: C901 - one branch per field family
+    if key == "n":
+        meta.entries = int(value)
+    elif key == "jn":
+        meta.job_entries = int(value)
+    elif key in _INTS:
+        setattr(meta, key, int(value))
+    elif key in _STRS:
+        setattr(meta, key, value)
+    elif META_SEP in key:
+        tag, name, *rest = key.split(META_SEP)
+        if tag == "s":
+            step = meta.steps.setdefault(name, StepMeta())
+            attr = rest[0]
+            if attr == "n":
+                step.entries = int(value)
+            elif attr == "status":
+                step.status = value
+            elif attr == "first":
+                step.first_id = value
+            elif attr == "last":
+                step.last_id = value
+        elif tag == "w" and len(rest) == 2:
+            worker = meta.steps.setdefault(name, StepMeta()).workers.setdefault(rest[0], WorkerMeta())
+            if rest[1] == "n":
+                worker.entries = int(value)
+            elif rest[1] == "status":
+                worker.status = value
+        elif tag == "p":
+            pub = meta.publishers.setdefault(name, PublisherMeta())
+            if rest[0] == "n":
+                pub.entries = int(value)
+            elif rest[0] == "seq":
+                pub.last_seq = int(value)

@@ -1,0 +1,183 @@
+"""The asyncio publisher: ``await`` to publish, backpressure by awaiting, one sender task.
+
+The sender task writes whatever is queued whenever the previous write has returned, so batches
+grow with load and an idle publisher adds no delay (lesson 7: no artificial batching delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from types import TracebackType
+from typing import Any
+
+import redis.asyncio
+
+from .config import PublisherConfig
+from .constants import DEFAULT_FLUSH_TIMEOUT_S
+from .core import PublisherCore
+from .delivery import async_client, write_async
+from .handles import JobHandle
+from .outbox import DeliveryReport, Offer
+
+log = logging.getLogger(__name__)
+_CONNECT_ATTEMPTS = 5
+
+
+class Publisher(PublisherCore):
+    """Async publisher. Give it a URL (it owns and closes the client) or a ``redis.asyncio.Redis``
+    (yours to close). Not thread-safe: use it from one event loop; threads use ``SyncPublisher``.
+    """
+
+    def __init__(
+        self, redis_client: redis.asyncio.Redis | str = "redis://127.0.0.1:6379/0", *,
+        config: PublisherConfig | None = None,
+    ) -> None:  # fmt: skip
+        self._url = redis_client if isinstance(redis_client, str) else None
+        self._injected = None if isinstance(redis_client, str) else redis_client
+        super().__init__(config)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._client: redis.asyncio.Redis | None = self._injected
+        self._sender: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._progress: asyncio.Event | None = None
+
+    async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Connect eagerly and fail loudly: ping with a few bounded retries, one warning each."""
+        client = self._redis()
+        for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+            try:
+                await client.ping()
+                self._connected = True
+                break
+            except (redis.RedisError, OSError) as e:
+                if attempt == _CONNECT_ATTEMPTS:
+                    raise
+                log.warning("publisher %s: Redis not reachable (%s), attempt %d/%d", self.src, e, attempt,
+                            _CONNECT_ATTEMPTS)  # fmt: skip
+                await asyncio.sleep(0.2 * attempt)
+        self._ensure_sender()
+
+    def _redis(self) -> redis.asyncio.Redis:
+        if self._client is None:
+            assert self._url is not None
+            self._client = async_client(self._url, self.config)
+        return self._client
+
+    def _ensure_sender(self) -> asyncio.Event:
+        if self._wake is None or self._sender is None or self._sender.done():
+            self._wake = asyncio.Event()
+            self._progress = asyncio.Event()
+            self._sender = asyncio.get_running_loop().create_task(self._run(), name=f"logbroker-{self.src}")
+        return self._wake
+
+    def job(self, job: str, *, name: str | None = None, type: str | None = None) -> JobHandle[Any]:
+        """A handle whose calls (``info``, ``status``, ``end``...) return awaitables."""
+        return JobHandle(self, job, name, type)
+
+    async def publish(
+        self,
+        job: str,
+        msg: object = "",
+        *,
+        level: str | int = "info",
+        kind: str = "log",
+        step: str | None = None,
+        worker: str | None = None,
+        parent: str | None = None,
+        status: str | None = None,
+        fields: dict[str, Any] | None = None,
+        job_name: str | None = None,
+        job_type: str | None = None,
+        ts_ms: int | None = None,
+    ) -> None:
+        """Queue one entry. With ``overflow="block"`` a full buffer makes this wait: nothing is lost."""
+        wake = self._ensure_sender()
+        while True:
+            offer = self._offer(job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type,
+                                ts_ms)  # fmt: skip
+            if offer is not Offer.FULL:
+                break
+            assert self._progress is not None
+            self._progress.clear()
+            wake.set()
+            await self._progress.wait()
+        wake.set()
+        if self._outbox.has_full_batch(job):
+            await asyncio.sleep(0)  # let the sender take it instead of growing the buffer
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._progress is not None
+        wake, progress = self._wake, self._progress
+        timeout: float | None = None
+        while True:
+            if timeout is None:
+                await wake.wait()
+            else:
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout)
+                except TimeoutError:
+                    pass
+            wake.clear()
+            batches, timeout = self._outbox.take()
+            if not batches:
+                continue
+            delay: float | None
+            try:
+                outcomes = await write_async(self._redis(), batches, self.config.retention)
+                delay = self._settle(batches, outcomes)
+            except Exception as e:  # every failure is classified: retried or rejected, never lost
+                delay = self._write_failed(batches, e)
+            progress.set()
+            if delay:
+                await asyncio.sleep(delay)
+            wake.set()
+
+    async def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> DeliveryReport:
+        """Wait until everything queued before this call is settled, or ``timeout`` seconds.
+
+        The report's ``pending`` says how many entries are still not delivered.
+        """
+        marks = self._outbox.marks()
+        if not marks:
+            return self.report()
+        self._ensure_sender().set()
+        assert self._progress is not None
+        deadline = time.monotonic() + timeout
+        while self._outbox.outstanding(marks):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._progress.clear()
+            try:
+                await asyncio.wait_for(self._progress.wait(), min(remaining, 0.5))
+            except TimeoutError:
+                pass
+        return self.report()
+
+    async def aclose(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> DeliveryReport:
+        """Flush for up to ``timeout`` s, stop, close what we own; the report says what was not delivered."""
+        if self._closed:
+            return self.report()
+        report = await self.flush(timeout) if self._sender is not None else self.report()
+        self._closed = True
+        if self._sender is not None:
+            self._sender.cancel()
+            await asyncio.wait([self._sender])  # ours to cancel; a cancellation of aclose() still propagates
+        if self._url is not None and self._client is not None:
+            await self._client.aclose()
+        if report.pending:
+            log.warning("publisher %s closed with %d entries not delivered", self.src, report.pending)
+        return report

@@ -1,0 +1,59 @@
+"""The write script: its text, its arguments and its reply, shared by every caller.
+
+Publishers (async and sync) and the gateway's ingest route all write through here, so the
+idempotency and line-number rules of DESIGN §3 exist exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from .codec import pack_batch
+
+WRITE_BATCH_LUA: str = resources.files("broker").joinpath("lua/write_batch.lua").read_text("utf-8")
+WRITE_BATCH_SHA: str = hashlib.sha1(WRITE_BATCH_LUA.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long a job's data lives: stream cap, idle TTL, TTL once ended (0 disables each)."""
+
+    maxlen: int
+    idle_ttl_s: int
+    ended_ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    ids: list[str]
+    duplicates: int
+
+
+def write_args(
+    job: str,
+    keys: tuple[str, str, str],
+    items: list[bytes],
+    retention: Retention,
+    job_name: str | None,
+    job_type: str | None,
+) -> list[Any]:
+    """``EVALSHA`` arguments after the sha: numkeys, keys, argv."""
+    return [
+        3,
+        *keys,
+        job,
+        retention.maxlen,
+        retention.idle_ttl_s,
+        retention.ended_ttl_s,
+        job_name or "",
+        job_type or "",
+        pack_batch(items),
+    ]
+
+
+def parse_reply(reply: Any) -> WriteResult:
+    dups, ids = reply
+    return WriteResult([i.decode() if isinstance(i, bytes) else str(i) for i in ids], int(dups))

@@ -1,0 +1,169 @@
+"""The publisher for threads and ``multiprocessing`` workers: plain calls, one sender thread.
+
+Calls from any number of threads queue entries under the outbox's lock; a daemon thread writes
+them. The thread and the connections are created on first use in each process, so a publisher
+made before ``fork()`` is safe to use in the children (see ``broker.core``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import redis
+
+from .config import PublisherConfig
+from .constants import DEFAULT_FLUSH_TIMEOUT_S
+from .core import PublisherCore
+from .delivery import sync_client, write_sync
+from .handles import JobHandle
+from .outbox import DeliveryReport, Offer
+
+log = logging.getLogger(__name__)
+
+
+class SyncPublisher(PublisherCore):
+    """Thread-safe, fork-safe publisher. A URL makes it own its client; an injected
+    ``redis.Redis`` stays yours (redis-py resets its pool in a forked child by itself)."""
+
+    def __init__(
+        self, redis_client: redis.Redis | str = "redis://127.0.0.1:6379/0", *,
+        config: PublisherConfig | None = None,
+    ) -> None:  # fmt: skip
+        self._url = redis_client if isinstance(redis_client, str) else None
+        self._injected = None if isinstance(redis_client, str) else redis_client
+        super().__init__(config)
+
+    def _reset(self) -> None:
+        super()._reset()
+        self._client: redis.Redis | None = self._injected
+        self._thread: threading.Thread | None = None
+        self._wake = threading.Event()
+        self._progress = threading.Condition(threading.Lock())
+        self._stopping = False
+        self._start_lock = threading.Lock()
+
+    def __enter__(self) -> SyncPublisher:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Connect eagerly and fail loudly (``redis.ConnectionError`` after a few tries)."""
+        client = self._redis()
+        for attempt in range(1, 6):
+            try:
+                client.ping()
+                self._connected = True
+                break
+            except (redis.RedisError, OSError) as e:
+                if attempt == 5:
+                    raise
+                log.warning("publisher %s: Redis not reachable (%s), attempt %d/5", self.src, e, attempt)
+                time.sleep(0.2 * attempt)
+        self._ensure_sender()
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None:
+            assert self._url is not None
+            self._client = sync_client(self._url, self.config)
+        return self._client
+
+    def _ensure_sender(self) -> None:
+        if self._thread is None:
+            with self._start_lock:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name=f"logbroker-{self.src}", daemon=True)
+                    thread.start()
+                    self._thread = thread
+
+    def job(self, job: str, *, name: str | None = None, type: str | None = None) -> JobHandle[None]:
+        return JobHandle(self, job, name, type)
+
+    def publish(
+        self,
+        job: str,
+        msg: object = "",
+        *,
+        level: str | int = "info",
+        kind: str = "log",
+        step: str | None = None,
+        worker: str | None = None,
+        parent: str | None = None,
+        status: str | None = None,
+        fields: dict[str, Any] | None = None,
+        job_name: str | None = None,
+        job_type: str | None = None,
+        ts_ms: int | None = None,
+    ) -> None:
+        """Queue one entry; with ``overflow="block"`` a full buffer makes the calling thread wait."""
+        if self._thread is None:
+            self._ensure_sender()
+        while True:
+            offer = self._offer(job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type,
+                                ts_ms)  # fmt: skip
+            if offer is not Offer.FULL:
+                break
+            with self._progress:
+                self._wake.set()
+                self._progress.wait(0.05)  # woken by the sender after each write
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _run(self) -> None:
+        timeout: float | None = None
+        while not self._stopping:
+            self._wake.wait(timeout)
+            self._wake.clear()
+            batches, timeout = self._outbox.take()
+            if not batches:
+                continue
+            delay: float | None
+            try:
+                outcomes = write_sync(self._redis(), batches, self.config.retention)
+                delay = self._settle(batches, outcomes)
+            except Exception as e:  # every failure is classified: retried or rejected, never lost
+                delay = self._write_failed(batches, e)
+            with self._progress:
+                self._progress.notify_all()
+            if delay:
+                time.sleep(delay)
+            self._wake.set()
+
+    def flush(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> DeliveryReport:
+        """Wait until everything queued before this call is settled, or ``timeout`` seconds."""
+        marks = self._outbox.marks()
+        if marks:
+            self._ensure_sender()
+            self._wake.set()
+            deadline = time.monotonic() + timeout
+            with self._progress:
+                while self._outbox.outstanding(marks):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._progress.wait(min(remaining, 0.5))
+        return self.report()
+
+    def close(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> DeliveryReport:
+        """Flush for up to ``timeout`` s, stop the sender, close what we own; report what is left."""
+        if self._closed:
+            return self.report()
+        report = self.flush(timeout)
+        self._closed = True
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+        if self._url is not None and self._client is not None:
+            self._client.close()
+        if report.pending:
+            log.warning("publisher %s closed with %d entries not delivered", self.src, report.pending)
+        return report

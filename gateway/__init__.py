@@ -1,0 +1,1 @@
+"""logbroker gateway."""
