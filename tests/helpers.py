@@ -1,0 +1,56 @@
+"""Reading a job back the way a client would, to check counts, order and identity."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import redis
+
+from broker import Entry, Keyspace, decode_entry, parse_meta
+from broker.meta import JobMeta
+
+
+def read_job(client: redis.Redis, job: str, keyspace: Keyspace | None = None) -> list[Entry]:
+    ks = keyspace or Keyspace()
+    entries: list[Entry] = []
+    start = "-"
+    while True:
+        page = client.xrange(ks.stream(job), min=start, count=10_000)
+        entries.extend(decode_entry(job, i.decode(), f) for i, f in page)
+        if len(page) < 10_000:
+            return entries
+        start = "(" + page[-1][0].decode()
+
+
+def read_meta(client: redis.Redis, job: str, keyspace: Keyspace | None = None) -> JobMeta:
+    meta = parse_meta(job, client.hgetall((keyspace or Keyspace()).meta(job)))
+    assert meta is not None, f"job {job} has no meta"
+    return meta
+
+
+def assert_lines_contiguous(entries: list[Entry]) -> dict[str | None, int]:
+    """Per step (None = job level), lines are exactly 1..N in stream order."""
+    lines: dict[str | None, list[int]] = defaultdict(list)
+    for e in entries:
+        lines[e["step"]].append(e["line"])
+    for step, got in lines.items():
+        assert got == list(range(1, len(got) + 1)), f"step {step}: lines not 1..N"
+    return {step: len(got) for step, got in lines.items()}
+
+
+def assert_exactly_once(entries: list[Entry]) -> None:
+    """No (src, seq) twice, and each publisher's seqs ascend in stream order."""
+    last: dict[str | None, int] = {}
+    for e in entries:
+        src, seq = e["src"], e["seq"]
+        assert seq is not None
+        assert seq > last.get(src, 0), f"{src}: seq {seq} after {last.get(src)} (duplicate or reordered)"
+        last[src] = seq
+
+
+def count_by(entries: list[Entry], *keys: str) -> dict[Any, int]:
+    counts: dict[Any, int] = defaultdict(int)
+    for e in entries:
+        counts[tuple(e[k] for k in keys)] += 1  # type: ignore[literal-required]
+    return dict(counts)

