@@ -63,9 +63,13 @@ class PublisherConfig:
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise InvalidConfig(f"{name} must be an integer >= 0, got {value!r}")
         if not isinstance(self.max_message_bytes, int) or self.max_message_bytes < 256:
-            raise InvalidConfig(f"max_message_bytes must be an integer >= 256, got {self.max_message_bytes!r}")
+            raise InvalidConfig(
+                f"max_message_bytes must be an integer >= 256, got {self.max_message_bytes!r}"
+            )
         if self.overflow not in OVERFLOW_POLICIES:
-            raise InvalidConfig(f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.overflow!r}")
+            raise InvalidConfig(
+                f"overflow must be one of {', '.join(OVERFLOW_POLICIES)}, got {self.overflow!r}"
+            )
         for name in ("socket_timeout_s", "connect_timeout_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:

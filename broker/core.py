@@ -84,10 +84,19 @@ class PublisherCore:
         lv = LEVELS.get(level) if isinstance(level, str) else None
         kd = KINDS.get(kind)
         return self._outbox.offer(
-            job, msg, level=lv if lv is not None else level_number(level),
-            kind=kd if kd is not None else kind_number(kind), step=step, worker=worker, parent=parent,
-            status=status, fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
-        )  # fmt: skip
+            job,
+            msg,
+            level=lv if lv is not None else level_number(level),
+            kind=kd if kd is not None else kind_number(kind),
+            step=step,
+            worker=worker,
+            parent=parent,
+            status=status,
+            fields=fields,
+            job_name=job_name,
+            job_type=job_type,
+            ts_ms=ts_ms,
+        )
 
     def _settle(self, batches: Sequence[Batch], outcomes: Sequence[Outcome]) -> float | None:
         """Apply write outcomes; returns how long to wait before retrying some, or ``None``."""
@@ -119,13 +128,21 @@ class PublisherCore:
         delay = self._backoff.next_delay_s()
         n = self._backoff.failures
         if n == 1 or n % 10 == 0:
-            log.warning("publisher %s: write failed (%s), attempt %d, retrying in %.2fs; %d entries kept",
-                        self.src, self._last_error, n, delay, self._outbox.entries)  # fmt: skip
+            log.warning(
+                "publisher %s: write failed (%s), attempt %d, retrying in %.2fs; %d entries kept",
+                self.src,
+                self._last_error,
+                n,
+                delay,
+                self._outbox.entries,
+            )
         return delay
 
     def _succeeded(self) -> None:
         if self._backoff.failures:
-            log.info("publisher %s: delivering again after %d failed attempts", self.src, self._backoff.failures)
+            log.info(
+                "publisher %s: delivering again after %d failed attempts", self.src, self._backoff.failures
+            )
         self._backoff.reset()
         self._connected = True
 

@@ -155,7 +155,7 @@ def check_fields(fields: object) -> dict[str, Any] | None:
     return clean
 
 
-def _json_value(value: object, path: str, depth: int) -> Any:  # noqa: C901 - one branch per JSON type
+def _json_value(value: object, path: str, depth: int) -> Any:
     if depth > MAX_FIELDS_DEPTH:
         raise InvalidEntry(path, f"nested deeper than {MAX_FIELDS_DEPTH} levels")
     if value is None or isinstance(value, bool | str):
@@ -180,7 +180,9 @@ def _json_value(value: object, path: str, depth: int) -> Any:  # noqa: C901 - on
     raise InvalidEntry(path, f"{type(value).__name__} is not a JSON value")
 
 
-def _describe(job: str, job_name: str | None, job_type: str | None, step: str | None, worker: str | None) -> str:
+def _describe(
+    job: str, job_name: str | None, job_type: str | None, step: str | None, worker: str | None
+) -> str:
     parts = [f'job: {job} "{job_name}"' if job_name else f"job: {job}"]
     if job_type:
         parts.append(f"type: {job_type}")

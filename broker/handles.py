@@ -55,9 +55,16 @@ class _Scope(Generic[R]):
 
     def log(self, level: str | int, msg: object, **fields: Any) -> R:
         return self._sink.publish(
-            self.job, msg, level=level, step=self.step_name, worker=self.worker_name, parent=self.parent,
-            fields=fields or None, job_name=self.job_name, job_type=self.job_type,
-        )  # fmt: skip
+            self.job,
+            msg,
+            level=level,
+            step=self.step_name,
+            worker=self.worker_name,
+            parent=self.parent,
+            fields=fields or None,
+            job_name=self.job_name,
+            job_type=self.job_type,
+        )
 
     def debug(self, msg: object, **fields: Any) -> R:
         return self.log("debug", msg, **fields)
@@ -75,11 +82,20 @@ class _Scope(Generic[R]):
         return self.log("critical", msg, **fields)
 
     def status(self, status: str, msg: str = "", **fields: Any) -> R:
-        """Write the identifying status line: ``Status changed: <status> (job: ..., step: ..., worker: ...)``."""
+        """Write the identifying status line: ``Status changed: <status> (job: ..., step: ...)``."""
         return self._sink.publish(
-            self.job, msg, level="info", kind="status", status=status, step=self.step_name, worker=self.worker_name,
-            parent=self.parent, fields=fields or None, job_name=self.job_name, job_type=self.job_type,
-        )  # fmt: skip
+            self.job,
+            msg,
+            level="info",
+            kind="status",
+            status=status,
+            step=self.step_name,
+            worker=self.worker_name,
+            parent=self.parent,
+            fields=fields or None,
+            job_name=self.job_name,
+            job_type=self.job_type,
+        )
 
 
 class JobHandle(_Scope[R]):
@@ -92,9 +108,15 @@ class JobHandle(_Scope[R]):
 
     def end(self, status: str = "completed", msg: str = "", **fields: Any) -> R:
         return self._sink.publish(
-            self.job, msg, level="info", kind="end", status=status, fields=fields or None,
-            job_name=self.job_name, job_type=self.job_type,
-        )  # fmt: skip
+            self.job,
+            msg,
+            level="info",
+            kind="end",
+            status=status,
+            fields=fields or None,
+            job_name=self.job_name,
+            job_type=self.job_type,
+        )
 
 
 class StepHandle(_Scope[R]):
@@ -109,4 +131,6 @@ class WorkerHandle(_Scope[R]):
 
     def child(self, name: str) -> WorkerHandle[R]:
         """A nested worker of the same step whose ``parent`` is this worker."""
-        return WorkerHandle(self._sink, self.job, self.job_name, self.job_type, self.step_name, name, self.worker_name)
+        return WorkerHandle(
+            self._sink, self.job, self.job_name, self.job_type, self.step_name, name, self.worker_name
+        )

@@ -36,7 +36,7 @@ class LogContext:
     job_type: str | None = None
 
 
-_current: ContextVar[LogContext] = ContextVar("logbroker_context", default=LogContext())
+_current: ContextVar[LogContext] = ContextVar("logbroker_context", default=LogContext())  # noqa: B039 - frozen
 
 
 @contextmanager
@@ -68,16 +68,22 @@ class LogbrokerHandler(logging.Handler):
     """A ``logging.Handler`` that publishes through a :class:`SyncPublisher` (non-blocking unless
     its buffer is full, so it is fine in asyncio code too). ``job`` is the fallback job id."""
 
-    def __init__(self, publisher: SyncPublisher, *, job: str | None = None, level: int = logging.NOTSET) -> None:
+    def __init__(
+        self, publisher: SyncPublisher, *, job: str | None = None, level: int = logging.NOTSET
+    ) -> None:
         super().__init__(level)
         self.publisher = publisher
         self.default = LogContext(job=job)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(_IGNORED_LOGGERS) or threading.current_thread().name.startswith("logbroker-"):
+        if record.name.startswith(_IGNORED_LOGGERS) or threading.current_thread().name.startswith(
+            "logbroker-"
+        ):
             return
         ctx = _current.get()
-        names = {k: getattr(record, k, None) or getattr(ctx, k) or getattr(self.default, k) for k in _CONTEXT_KEYS}
+        names = {
+            k: getattr(record, k, None) or getattr(ctx, k) or getattr(self.default, k) for k in _CONTEXT_KEYS
+        }
         job = names.pop("job")
         if job is None:
             self.handleError(record)  # nowhere to store it: say so on stderr, never drop silently
@@ -87,8 +93,12 @@ class LogbrokerHandler(logging.Handler):
         fields["logger"] = record.name
         try:
             self.publisher.publish(
-                job, self.format(record), level=record.levelno, fields=fields,
-                ts_ms=int(record.created * 1000), **names,
-            )  # fmt: skip
+                job,
+                self.format(record),
+                level=record.levelno,
+                fields=fields,
+                ts_ms=int(record.created * 1000),
+                **names,
+            )
         except LogbrokerError:
             self.handleError(record)

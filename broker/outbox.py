@@ -21,9 +21,17 @@ from typing import Any
 
 from .codec import pack_body, pack_control
 from .config import PublisherConfig
-from .constants import KIND_END, KIND_LOG, KIND_STATUS, LEVELS, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST
-from .entry import check_fields, check_identity, check_job_id, check_name, check_status, clip_message
-from .entry import end_line, status_line
+from .constants import KIND_LOG, KIND_STATUS, LEVELS, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST
+from .entry import (
+    check_fields,
+    check_identity,
+    check_job_id,
+    check_name,
+    check_status,
+    clip_message,
+    end_line,
+    status_line,
+)
 from .script import WriteResult
 
 _WARNING = LEVELS["warning"]
@@ -60,6 +68,7 @@ class _JobQueue:
     settled: int = 0  # stored, duplicate or rejected, ever
     dropped: int = 0  # dropped since the last marker was queued
     since: float = 0.0  # monotonic time the oldest unsent item arrived
+    markers: set[int] = field(default_factory=set)  # ids of queued drop markers (never dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,20 +145,47 @@ class Outbox:
             if job_type:
                 q.job_type = job_type
             seq = q.next_seq
-            body = pack_body(ts_ms, level, kind, text, step, worker, parent, status, job_name, job_type,
-                             self.src, seq, fields)  # fmt: skip
+            body = pack_body(
+                ts_ms,
+                level,
+                kind,
+                text,
+                step,
+                worker,
+                parent,
+                status,
+                job_name,
+                job_type,
+                self.src,
+                seq,
+                fields,
+            )
             item = pack_control(step or "", worker or "", self.src, seq, kind, status or "", body)
-            if self._full(len(item)) and not self._make_room(q, len(item)):
+            if self._full(len(item)):
                 if self.config.overflow == OVERFLOW_BLOCK:
                     return Offer.FULL
-                q.dropped += 1
-                self.dropped += 1
-                return Offer.DROPPED
-            if q.dropped:
+                if not self._make_room(q, len(item)):
+                    q.dropped += 1
+                    self.dropped += 1
+                    return Offer.DROPPED
+            elif q.dropped:  # there is room again: say what was lost before what comes next
                 self._queue_marker(q)
                 seq = q.next_seq
-                body = pack_body(ts_ms, level, kind, text, step, worker, parent, status, job_name, job_type,
-                                 self.src, seq, fields)  # fmt: skip
+                body = pack_body(
+                    ts_ms,
+                    level,
+                    kind,
+                    text,
+                    step,
+                    worker,
+                    parent,
+                    status,
+                    job_name,
+                    job_type,
+                    self.src,
+                    seq,
+                    fields,
+                )
                 item = pack_control(step or "", worker or "", self.src, seq, kind, status or "", body)
             self._append(q, item)
             return Offer.QUEUED
@@ -172,9 +208,13 @@ class Outbox:
             return False
         victims = [q, *(other for other in self._queues.values() if other is not q)]
         for victim in victims:
-            while self._full(size) and len(victim.items) > victim.in_flight:
-                dropped = victim.items[victim.in_flight]
-                del victim.items[victim.in_flight]
+            index = victim.in_flight
+            while self._full(size) and index < len(victim.items):
+                dropped = victim.items[index]
+                if id(dropped) in victim.markers:  # a marker carries counts: never drop it
+                    index += 1
+                    continue
+                del victim.items[index]
                 self.entries -= 1
                 self.nbytes -= len(dropped)
                 victim.settled += 1  # accepted, then given up: it no longer holds up flush()
@@ -202,9 +242,24 @@ class Outbox:
         policy = self.config.overflow
         msg = f"dropped {n} entries: publisher {self.src} buffer was full (overflow policy {policy})"
         fields = {"dropped": n, "policy": policy}
-        body = pack_body(time.time_ns() // 1_000_000, _WARNING, KIND_LOG, msg, None, None, None, None,
-                         q.job_name, q.job_type, self.src, q.next_seq, fields)  # fmt: skip
-        self._append(q, pack_control("", "", self.src, q.next_seq, KIND_LOG, "", body))
+        body = pack_body(
+            time.time_ns() // 1_000_000,
+            _WARNING,
+            KIND_LOG,
+            msg,
+            None,
+            None,
+            None,
+            None,
+            q.job_name,
+            q.job_type,
+            self.src,
+            q.next_seq,
+            fields,
+        )
+        item = pack_control("", "", self.src, q.next_seq, KIND_LOG, "", body)
+        q.markers.add(id(item))
+        self._append(q, item)
 
     # ---- the sender ------------------------------------------------------------------------
     def take(self, now: float | None = None) -> tuple[list[Batch], float | None]:
@@ -242,7 +297,9 @@ class Outbox:
         with self.lock:
             q = self._queues[batch.job]
             for _ in range(n):
-                self.nbytes -= len(q.items.popleft())
+                item = q.items.popleft()
+                self.nbytes -= len(item)
+                q.markers.discard(id(item))
             q.in_flight = 0
             q.settled += n
             self.entries -= n

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
@@ -17,9 +18,10 @@ import redis.asyncio
 from .config import PublisherConfig
 from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
-from .delivery import async_client, write_async
+from .delivery import async_client, call_async, write_async
 from .handles import JobHandle
 from .outbox import DeliveryReport, Offer
+from .script import WRITE_BATCH_LUA
 
 log = logging.getLogger(__name__)
 _CONNECT_ATTEMPTS = 5
@@ -31,9 +33,11 @@ class Publisher(PublisherCore):
     """
 
     def __init__(
-        self, redis_client: redis.asyncio.Redis | str = "redis://127.0.0.1:6379/0", *,
+        self,
+        redis_client: redis.asyncio.Redis | str = "redis://127.0.0.1:6379/0",
+        *,
         config: PublisherConfig | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._url = redis_client if isinstance(redis_client, str) else None
         self._injected = None if isinstance(redis_client, str) else redis_client
         super().__init__(config)
@@ -55,18 +59,24 @@ class Publisher(PublisherCore):
         await self.aclose()
 
     async def start(self) -> None:
-        """Connect eagerly and fail loudly: ping with a few bounded retries, one warning each."""
+        """Connect eagerly, load the write script, fail loudly: a few bounded retries, one warning each."""
         client = self._redis()
         for attempt in range(1, _CONNECT_ATTEMPTS + 1):
             try:
                 await client.ping()
+                await call_async(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
                 self._connected = True
                 break
             except (redis.RedisError, OSError) as e:
                 if attempt == _CONNECT_ATTEMPTS:
                     raise
-                log.warning("publisher %s: Redis not reachable (%s), attempt %d/%d", self.src, e, attempt,
-                            _CONNECT_ATTEMPTS)  # fmt: skip
+                log.warning(
+                    "publisher %s: Redis not reachable (%s), attempt %d/%d",
+                    self.src,
+                    e,
+                    attempt,
+                    _CONNECT_ATTEMPTS,
+                )
                 await asyncio.sleep(0.2 * attempt)
         self._ensure_sender()
 
@@ -106,8 +116,9 @@ class Publisher(PublisherCore):
         """Queue one entry. With ``overflow="block"`` a full buffer makes this wait: nothing is lost."""
         wake = self._ensure_sender()
         while True:
-            offer = self._offer(job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type,
-                                ts_ms)  # fmt: skip
+            offer = self._offer(
+                job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type, ts_ms
+            )
             if offer is not Offer.FULL:
                 break
             assert self._progress is not None
@@ -126,10 +137,8 @@ class Publisher(PublisherCore):
             if timeout is None:
                 await wake.wait()
             else:
-                try:
+                with suppress(TimeoutError):
                     await asyncio.wait_for(wake.wait(), timeout)
-                except TimeoutError:
-                    pass
             wake.clear()
             batches, timeout = self._outbox.take()
             if not batches:
@@ -161,10 +170,8 @@ class Publisher(PublisherCore):
             if remaining <= 0:
                 break
             self._progress.clear()
-            try:
+            with suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), min(remaining, 0.5))
-            except TimeoutError:
-                pass
         return self.report()
 
     async def aclose(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> DeliveryReport:

@@ -18,9 +18,10 @@ import redis
 from .config import PublisherConfig
 from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
-from .delivery import sync_client, write_sync
+from .delivery import call_sync, sync_client, write_sync
 from .handles import JobHandle
 from .outbox import DeliveryReport, Offer
+from .script import WRITE_BATCH_LUA
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,11 @@ class SyncPublisher(PublisherCore):
     ``redis.Redis`` stays yours (redis-py resets its pool in a forked child by itself)."""
 
     def __init__(
-        self, redis_client: redis.Redis | str = "redis://127.0.0.1:6379/0", *,
+        self,
+        redis_client: redis.Redis | str = "redis://127.0.0.1:6379/0",
+        *,
         config: PublisherConfig | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self._url = redis_client if isinstance(redis_client, str) else None
         self._injected = None if isinstance(redis_client, str) else redis_client
         super().__init__(config)
@@ -56,11 +59,12 @@ class SyncPublisher(PublisherCore):
         self.close()
 
     def start(self) -> None:
-        """Connect eagerly and fail loudly (``redis.ConnectionError`` after a few tries)."""
+        """Connect eagerly, load the write script, fail loudly (``redis.ConnectionError`` after 5 tries)."""
         client = self._redis()
         for attempt in range(1, 6):
             try:
                 client.ping()
+                call_sync(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
                 self._connected = True
                 break
             except (redis.RedisError, OSError) as e:
@@ -107,8 +111,9 @@ class SyncPublisher(PublisherCore):
         if self._thread is None:
             self._ensure_sender()
         while True:
-            offer = self._offer(job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type,
-                                ts_ms)  # fmt: skip
+            offer = self._offer(
+                job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type, ts_ms
+            )
             if offer is not Offer.FULL:
                 break
             with self._progress:

