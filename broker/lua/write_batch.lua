@@ -101,10 +101,20 @@ local function totals()
 end
 
 local function xadd(...)
-  if maxlen > 0 then
-    return redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', ...)
-  end
   return redis.call('XADD', stream, '*', ...)
+end
+
+-- field-name prefixes, built once per step/worker/src rather than once per entry
+local prefixes = {}
+local function prefix(tag, a, b)
+  local key = tag .. SEP .. a .. SEP .. (b or '')
+  local p = prefixes[key]
+  if p == nil then
+    p = tag .. SEP .. a .. SEP
+    if b then p = p .. b .. SEP end
+    prefixes[key] = p
+  end
+  return p
 end
 
 local ids = {}
@@ -112,14 +122,14 @@ local dups = 0
 for _, e in ipairs(batch) do
   local step, worker, src, seq, kind, status, body = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
   local sf = nil
-  if src ~= '' then sf = 'p' .. SEP .. src .. SEP end
+  if src ~= '' then sf = prefix('p', src) end
   if sf and seq > 0 and seq <= counter(sf .. 'seq') then
     dups = dups + 1
   else
     local lf = 'jn'
     local sp = nil
     if step ~= '' then
-      sp = 's' .. SEP .. step .. SEP
+      sp = prefix('s', step)
       lf = sp .. 'n'
     end
     local id
@@ -145,12 +155,14 @@ for _, e in ipairs(batch) do
         dirty[sf .. 'seq'] = true
       end
     end
+    local wp = nil
     if worker ~= '' then
-      add('w' .. SEP .. step .. SEP .. worker .. SEP .. 'n', 1)
+      wp = prefix('w', step, worker)
+      add(wp .. 'n', 1)
     end
     if kind == 1 then
-      if worker ~= '' then
-        sets['w' .. SEP .. step .. SEP .. worker .. SEP .. 'status'] = status
+      if wp then
+        sets[wp .. 'status'] = status
       elseif sp then
         sets[sp .. 'status'] = status
       else
@@ -169,6 +181,10 @@ end
 
 if #ids == 0 then
   return {dups, ids}
+end
+if maxlen > 0 then
+  -- once per batch: trimming on every XADD costs more than the append itself
+  redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
 end
 
 sets['updated_ms'] = now
