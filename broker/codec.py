@@ -27,10 +27,11 @@ from .constants import (
     STREAM_FIELD_LINE,
     STREAM_FIELD_TOTALS,
 )
-from .entry import Entry, scrub_text
+from .entry import Draft, Entry, scrub_text
 from .errors import CodecError, InvalidEntry
 
 _BODY_LEN = 14
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _packb = msgpack.Packer(use_bin_type=True, autoreset=True).pack
 # The write script reads control tuples with Lua's cmsgpack, which knows the classic raw type best.
 _pack_raw = msgpack.Packer(use_bin_type=False, autoreset=True).pack
@@ -57,7 +58,11 @@ def pack_body(
         packed: bytes = _packb(body)
     except UnicodeEncodeError:
         packed = _packb(_scrub(body))
-    if fields is not None and len(packed) - len(msg) > MAX_FIELDS_BYTES + 2048:
+    if (
+        fields is not None
+        and len(packed) > MAX_FIELDS_BYTES
+        and len(_packb(_scrub(fields))) > MAX_FIELDS_BYTES
+    ):
         raise InvalidEntry("fields", f"packed size exceeds {MAX_FIELDS_BYTES} bytes")
     return packed
 
@@ -76,6 +81,13 @@ def pack_control(step: str, worker: str, src: str, seq: int, kind: int, status: 
     """One element of a write batch: what the Lua script needs to route, count and dedupe."""
     packed: bytes = _pack_raw([step, worker, src, seq, kind, status, body])
     return packed
+
+
+def pack_item(d: Draft, src: str | None, seq: int | None) -> bytes:
+    """A draft as one element of a write batch (its body nested inside)."""
+    body = pack_body(d.ts_ms, d.level, d.kind, d.text, d.step, d.worker, d.parent, d.status, d.job_name,
+                     d.job_type, src, seq, d.fields)  # fmt: skip
+    return pack_control(d.step or "", d.worker or "", src or "", seq or 0, d.kind, d.status or "", body)
 
 
 def pack_batch(items: list[bytes]) -> bytes:
@@ -103,7 +115,8 @@ def iso_to_ms(text: str) -> int:
         raise InvalidEntry("ts", f"not an ISO-8601 timestamp: {text!r:.60}") from e
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return int(dt.timestamp() * 1000)
+    delta = dt - _EPOCH  # integer arithmetic: a float timestamp would lose a millisecond now and then
+    return delta.days * 86_400_000 + delta.seconds * 1000 + delta.microseconds // 1000
 
 
 def unpack_body(raw: bytes) -> list[Any]:
@@ -141,11 +154,25 @@ def decode_entry(job: str, entry_id: str, fields: Mapping[bytes, bytes]) -> Entr
     except (KeyError, ValueError) as e:
         raise CodecError(f"stream entry {entry_id} lacks its line or body") from e
     b = unpack_body(raw_body)
+    try:
+        return _entry(job, entry_id, line, b, fields)
+    except (TypeError, ValueError, OverflowError, AttributeError) as e:
+        raise CodecError(f"stream entry {entry_id} has a malformed body: {e}") from e
+
+
+def _entry(job: str, entry_id: str, line: int, b: list[Any], fields: Mapping[bytes, bytes]) -> Entry:
     extra = b[13]
     kind = b[3]
     if kind == KIND_END and STREAM_FIELD_TOTALS in fields:
         extra = dict(extra or {})
         extra["totals"] = unpack_totals(fields[STREAM_FIELD_TOTALS])
+    for position in (4, 5, 6, 7, 8, 9, 10, 11):
+        if b[position] is not None and not isinstance(b[position], str):
+            raise TypeError(f"body position {position} is not text")
+    if not isinstance(b[1], int) or not (b[12] is None or isinstance(b[12], int)):
+        raise TypeError("ts or seq is not an integer")
+    if extra is not None and not isinstance(extra, dict):
+        raise TypeError("fields is not a map")
     return {
         "id": entry_id,
         "job": job,
@@ -158,7 +185,7 @@ def decode_entry(job: str, entry_id: str, fields: Mapping[bytes, bytes]) -> Entr
         "level": LEVEL_NAMES.get(b[2], "info"),
         "kind": KIND_NAMES.get(kind, "log"),
         "status": b[8],
-        "msg": b[4],
+        "msg": b[4] if b[4] is not None else "",
         "ts": ms_to_iso(b[1]),
         "src": b[11],
         "seq": b[12],

@@ -21,7 +21,8 @@ from .constants import (
     OVERFLOW_BLOCK,
     OVERFLOW_POLICIES,
 )
-from .errors import InvalidConfig
+from .entry import check_name
+from .errors import InvalidConfig, InvalidEntry
 from .keys import Keyspace
 from .script import Retention
 
@@ -75,6 +76,11 @@ class PublisherConfig:
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise InvalidConfig(f"{name} must be a number > 0, got {value!r}")
         Keyspace(self.key_prefix, self.partitions)  # validates both
+        if self.src is not None:
+            try:
+                check_name("src", self.src)
+            except InvalidEntry as e:
+                raise InvalidConfig(str(e)) from e
 
     @property
     def keyspace(self) -> Keyspace:

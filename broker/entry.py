@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Mapping
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from .constants import (
     JOB_ID_RE,
+    KIND_LOG,
+    KIND_STATUS,
     KINDS,
     LEVEL_NAMES,
     LEVELS,
@@ -24,6 +27,7 @@ from .constants import (
 from .errors import InvalidEntry
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _STATUS_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
 # Names repeat endlessly (a worker logs thousands of lines): remember the ones already checked.
@@ -138,7 +142,7 @@ def clip_message(msg: object, max_bytes: int) -> str:
 
 def scrub_text(text: str) -> str:
     """Lone surrogates (from ``surrogateescape`` file names, say) become U+FFFD instead of crashing."""
-    return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+    return _SURROGATE_RE.sub("\ufffd", text)
 
 
 def check_fields(fields: object) -> dict[str, Any] | None:
@@ -178,6 +182,60 @@ def _json_value(value: object, path: str, depth: int) -> Any:
     if isinstance(value, list | tuple):
         return [_json_value(item, f"{path}[{i}]", depth + 1) for i, item in enumerate(value)]
     raise InvalidEntry(path, f"{type(value).__name__} is not a JSON value")
+
+
+class Draft(NamedTuple):
+    """A validated entry, ready to be packed once its publisher's ``seq`` is known."""
+
+    level: int
+    kind: int
+    text: str
+    step: str | None
+    worker: str | None
+    parent: str | None
+    status: str | None
+    fields: dict[str, Any] | None
+    job_name: str | None
+    job_type: str | None
+    ts_ms: int
+
+
+def make_draft(
+    job: str,
+    msg: object,
+    *,
+    level: int,
+    kind: int,
+    step: object = None,
+    worker: object = None,
+    parent: object = None,
+    status: object = None,
+    fields: object = None,
+    job_name: object = None,
+    job_type: object = None,
+    ts_ms: int | None = None,
+    max_message_bytes: int,
+) -> Draft:
+    """Every check of an entry, and the one place where a status line gets its identification
+    (lesson 2): whoever writes a status or end entry, publisher or ingest, goes through here."""
+    s, w, p = check_identity(step, worker, parent)
+    name = check_name("job_name", job_name)
+    type_ = check_name("job_type", job_type)
+    text = clip_message(msg, max_message_bytes)
+    clean_fields = check_fields(fields) if fields is not None else None
+    checked_status = None
+    if kind != KIND_LOG:
+        checked_status = check_status(status)
+        if kind == KIND_STATUS:
+            line = status_line(checked_status, job, name, type_, s, w)
+        else:
+            line = end_line(checked_status, job, name, type_)
+        text = f"{line}: {text}" if text else line
+    elif status is not None:
+        checked_status = check_status(status)
+    if ts_ms is None:
+        ts_ms = time.time_ns() // 1_000_000
+    return Draft(level, kind, text, s, w, p, checked_status, clean_fields, name, type_, ts_ms)
 
 
 def _describe(

@@ -21,9 +21,11 @@ class Keyspace:
     partitions: int = DEFAULT_PARTITIONS
 
     def __post_init__(self) -> None:
+        if not isinstance(self.partitions, int) or isinstance(self.partitions, bool):
+            raise InvalidConfig(f"partitions must be an integer, got {self.partitions!r}")
         if not 1 <= self.partitions <= 16384:
             raise InvalidConfig(f"partitions must be 1..16384, got {self.partitions}")
-        if not self.prefix or any(c in self.prefix for c in "{} \n\r\t"):
+        if not isinstance(self.prefix, str) or not self.prefix or any(c in self.prefix for c in "{} \n\r\t"):
             raise InvalidConfig(f"key prefix must be non-empty without braces or spaces, got {self.prefix!r}")
 
     def partition(self, job: str) -> int:

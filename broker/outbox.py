@@ -19,19 +19,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .codec import pack_body, pack_control
+from .codec import pack_item
 from .config import PublisherConfig
-from .constants import KIND_LOG, KIND_STATUS, LEVELS, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST
-from .entry import (
-    check_fields,
-    check_identity,
-    check_job_id,
-    check_name,
-    check_status,
-    clip_message,
-    end_line,
-    status_line,
-)
+from .constants import KIND_LOG, LEVELS, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST
+from .entry import Draft, check_job_id, make_draft
 from .script import WriteResult
 
 _WARNING = LEVELS["warning"]
@@ -57,18 +48,19 @@ class Batch:
 
 @dataclass(slots=True)
 class _JobQueue:
+    """One job's entries not yet settled, oldest first, each as ``(seq, packed item)``."""
+
     job: str
     keys: tuple[str, str, str]
-    items: deque[bytes] = field(default_factory=deque)
+    items: deque[tuple[int, bytes]] = field(default_factory=deque)
+    nbytes: int = 0
     next_seq: int = 1
     in_flight: int = 0  # number of items at the head that are being written
     job_name: str | None = None
     job_type: str | None = None
-    enqueued: int = 0  # accepted entries, markers included, ever
-    settled: int = 0  # stored, duplicate or rejected, ever
     dropped: int = 0  # dropped since the last marker was queued
     since: float = 0.0  # monotonic time the oldest unsent item arrived
-    markers: set[int] = field(default_factory=set)  # ids of queued drop markers (never dropped)
+    markers: set[int] = field(default_factory=set)  # seqs of queued drop markers (never dropped)
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,46 +113,18 @@ class Outbox:
         ts_ms: int | None = None,
     ) -> Offer:
         """Queue one entry; validation errors raise :class:`InvalidEntry` before anything is queued."""
-        step, worker, parent = check_identity(step, worker, parent)
-        job_name = check_name("job_name", job_name)
-        job_type = check_name("job_type", job_type)
-        text = clip_message(msg, self.config.max_message_bytes)
-        if fields is not None:
-            fields = check_fields(fields)
-        if kind != KIND_LOG:
-            status = check_status(status)
-            if kind == KIND_STATUS:
-                line = status_line(status, job, job_name, job_type, step, worker)
-            else:
-                line = end_line(status, job, job_name, job_type)
-            text = f"{line}: {text}" if text else line
-        elif status is not None:
-            status = check_status(status)
-        if ts_ms is None:
-            ts_ms = time.time_ns() // 1_000_000
+        d = make_draft(
+            job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
+            fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
+            max_message_bytes=self.config.max_message_bytes,
+        )  # fmt: skip
         with self.lock:
             q = self._queues.get(job) or self._new_queue(job)
-            if job_name:
-                q.job_name = job_name
-            if job_type:
-                q.job_type = job_type
-            seq = q.next_seq
-            body = pack_body(
-                ts_ms,
-                level,
-                kind,
-                text,
-                step,
-                worker,
-                parent,
-                status,
-                job_name,
-                job_type,
-                self.src,
-                seq,
-                fields,
-            )
-            item = pack_control(step or "", worker or "", self.src, seq, kind, status or "", body)
+            if d.job_name:
+                q.job_name = d.job_name
+            if d.job_type:
+                q.job_type = d.job_type
+            item = pack_item(d, self.src, q.next_seq)
             if self._full(len(item)):
                 if self.config.overflow == OVERFLOW_BLOCK:
                     return Offer.FULL
@@ -170,23 +134,7 @@ class Outbox:
                     return Offer.DROPPED
             elif q.dropped:  # there is room again: say what was lost before what comes next
                 self._queue_marker(q)
-                seq = q.next_seq
-                body = pack_body(
-                    ts_ms,
-                    level,
-                    kind,
-                    text,
-                    step,
-                    worker,
-                    parent,
-                    status,
-                    job_name,
-                    job_type,
-                    self.src,
-                    seq,
-                    fields,
-                )
-                item = pack_control(step or "", worker or "", self.src, seq, kind, status or "", body)
+                item = pack_item(d, self.src, q.next_seq)
             self._append(q, item)
             return Offer.QUEUED
 
@@ -210,16 +158,18 @@ class Outbox:
         for victim in victims:
             index = victim.in_flight
             while self._full(size) and index < len(victim.items):
-                dropped = victim.items[index]
-                if id(dropped) in victim.markers:  # a marker carries counts: never drop it
+                seq, dropped = victim.items[index]
+                if seq in victim.markers:  # a marker carries counts: never drop it
                     index += 1
                     continue
                 del victim.items[index]
+                victim.nbytes -= len(dropped)
                 self.entries -= 1
                 self.nbytes -= len(dropped)
-                victim.settled += 1  # accepted, then given up: it no longer holds up flush()
                 victim.dropped += 1
                 self.dropped += 1
+            if len(victim.items) == victim.in_flight:
+                self._ready.pop(victim.job, None)
             if not self._full(size):
                 return True
         return False
@@ -229,9 +179,9 @@ class Outbox:
             q.since = time.monotonic()
             if q.in_flight == 0:
                 self._ready[q.job] = None
-        q.items.append(item)
+        q.items.append((q.next_seq, item))
+        q.nbytes += len(item)
         q.next_seq += 1
-        q.enqueued += 1
         self.accepted += 1
         self.entries += 1
         self.nbytes += len(item)
@@ -242,54 +192,48 @@ class Outbox:
         policy = self.config.overflow
         msg = f"dropped {n} entries: publisher {self.src} buffer was full (overflow policy {policy})"
         fields = {"dropped": n, "policy": policy}
-        body = pack_body(
-            time.time_ns() // 1_000_000,
-            _WARNING,
-            KIND_LOG,
-            msg,
-            None,
-            None,
-            None,
-            None,
-            q.job_name,
-            q.job_type,
-            self.src,
-            q.next_seq,
-            fields,
-        )
-        item = pack_control("", "", self.src, q.next_seq, KIND_LOG, "", body)
-        q.markers.add(id(item))
-        self._append(q, item)
+        draft = Draft(_WARNING, KIND_LOG, msg, None, None, None, None, fields, q.job_name, q.job_type,
+                      time.time_ns() // 1_000_000)  # fmt: skip
+        q.markers.add(q.next_seq)
+        self._append(q, pack_item(draft, self.src, q.next_seq))
 
     # ---- the sender ------------------------------------------------------------------------
     def take(self, now: float | None = None) -> tuple[list[Batch], float | None]:
         """Batches due now, and how long until the next one is due (``None``: nothing waits)."""
-        cfg = self.config
-        linger = cfg.linger_ms / 1000
         now = time.monotonic() if now is None else now
         batches: list[Batch] = []
         wait: float | None = None
         with self.lock:
             for job in list(self._ready):
+                if len(batches) >= _MAX_BATCHES_PER_ROUND:
+                    return batches, 0.0  # more are due: come back at once
                 q = self._queues[job]
-                unsent = len(q.items)
-                if linger and unsent < cfg.max_batch_entries and now - q.since < linger:
-                    due_in = q.since + linger - now
+                due_in = self._due_in(q, now)
+                if due_in > 0:
                     wait = due_in if wait is None else min(wait, due_in)
                     continue
-                n, size = 0, 0
-                for item in q.items:
-                    if n and (n >= cfg.max_batch_entries or size + len(item) > cfg.max_batch_bytes):
-                        break
-                    n += 1
-                    size += len(item)
-                q.in_flight = n
                 del self._ready[job]
-                items = [q.items[i] for i in range(n)] if n < unsent else list(q.items)
-                batches.append(Batch(job, q.keys, items, q.job_name, q.job_type))
-                if len(batches) >= _MAX_BATCHES_PER_ROUND:
-                    break
+                batches.append(self._batch(q))
         return batches, wait
+
+    def _due_in(self, q: _JobQueue, now: float) -> float:
+        """Seconds until a job's batch is due: at once when full by entries or bytes, else after linger."""
+        cfg = self.config
+        if not cfg.linger_ms or len(q.items) >= cfg.max_batch_entries or q.nbytes >= cfg.max_batch_bytes:
+            return 0.0
+        return q.since + cfg.linger_ms / 1000 - now
+
+    def _batch(self, q: _JobQueue) -> Batch:
+        cfg = self.config
+        items: list[bytes] = []
+        size = 0
+        for _, item in q.items:
+            if items and (len(items) >= cfg.max_batch_entries or size + len(item) > cfg.max_batch_bytes):
+                break
+            items.append(item)
+            size += len(item)
+        q.in_flight = len(items)
+        return Batch(q.job, q.keys, items, q.job_name, q.job_type)
 
     def settle(self, batch: Batch, result: WriteResult | None) -> None:
         """The batch is done: stored (``result``) or rejected for good (``None``); free its room."""
@@ -297,11 +241,11 @@ class Outbox:
         with self.lock:
             q = self._queues[batch.job]
             for _ in range(n):
-                item = q.items.popleft()
+                seq, item = q.items.popleft()
+                q.nbytes -= len(item)
                 self.nbytes -= len(item)
-                q.markers.discard(id(item))
+                q.markers.discard(seq)
             q.in_flight = 0
-            q.settled += n
             self.entries -= n
             if result is None:
                 self.rejected += n
@@ -324,16 +268,23 @@ class Outbox:
 
     # ---- waiting for delivery --------------------------------------------------------------
     def marks(self) -> dict[str, int]:
-        """Per job, how many entries must be settled for everything queued so far to be done."""
+        """Per job, the last seq queued so far: flushing means settling everything up to it."""
         with self.lock:
             for q in self._queues.values():
                 if q.dropped:
                     self._queue_marker(q)
-            return {q.job: q.enqueued for q in self._queues.values() if q.settled < q.enqueued}
+            return {q.job: q.next_seq - 1 for q in self._queues.values() if q.items}
 
     def outstanding(self, marks: dict[str, int]) -> int:
+        """How many entries up to the marks are still queued (dropped ones are not waited for)."""
         with self.lock:
-            return sum(max(0, mark - self._queues[job].settled) for job, mark in marks.items())
+            count = 0
+            for job, mark in marks.items():
+                for seq, _ in self._queues[job].items:
+                    if seq > mark:
+                        break
+                    count += 1
+            return count
 
     def has_full_batch(self, job: str) -> bool:
         q = self._queues.get(job)
