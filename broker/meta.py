@@ -46,12 +46,13 @@ class JobMeta:
     job_entries: int = 0  # entries without a step (job-level lines)
     first_id: str | None = None
     last_id: str | None = None
+    end_id: str | None = None  # the end entry, once the job has ended
     steps: dict[str, StepMeta] = field(default_factory=dict)
     publishers: dict[str, PublisherMeta] = field(default_factory=dict)
 
 
 _INTS = {"created_ms", "updated_ms", "ended_ms"}
-_STRS = {"name", "type", "status", "first_id", "last_id"}
+_STRS = {"name", "type", "status", "first_id", "last_id", "end_id"}
 
 
 def parse_meta(job: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobMeta | None:

@@ -142,6 +142,7 @@ for _, e in ipairs(batch) do
       ended = true
       sets['status'] = status
       sets['ended_ms'] = now
+      sets['end_id'] = id
     else
       local line = counter(lf) + 1
       id = xadd('l', line, 'b', body)

@@ -1,0 +1,106 @@
+"""``create_app(settings)``: the aiohttp application of one gateway process (DESIGN §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import redis
+import redis.asyncio
+from aiohttp import web
+
+from broker.delivery import call_async
+from broker.script import WRITE_BATCH_LUA
+
+from . import ingest, jobs, replay
+from .context import GATEWAY, Gateway
+from .errors import error_middleware, error_response
+from .fanout import Fanout
+from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .settings import GatewaySettings
+from .stream import stream_job
+
+log = logging.getLogger(__name__)
+_CONNECT_ATTEMPTS = 5
+
+
+def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> web.Application:
+    """``redis_url`` overrides ``settings.redis_url`` (``logbroker serve`` passes its embedded one)."""
+    url = redis_url or settings.redis_url
+    if url is None:
+        raise ValueError("no Redis URL: set LOGBROKER_REDIS_URL, or use `logbroker serve` (embedded Redis)")
+    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app.cleanup_ctx.append(_lifecycle(settings, url))
+    app.on_shutdown.append(_close_streams)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/jobs", jobs.list_jobs)
+    app.router.add_get("/v1/jobs/{job}", jobs.get_job)
+    app.router.add_get("/v1/jobs/{job}/logs", replay.get_logs)
+    app.router.add_post("/v1/jobs/{job}/logs", ingest.post_logs)
+    app.router.add_get("/v1/jobs/{job}/stream", stream_job)
+    return app
+
+
+def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-def]
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        client = redis.asyncio.Redis.from_url(
+            url, socket_timeout=10, socket_connect_timeout=2, health_check_interval=30
+        )
+        await _connect(client, url)
+        metrics_ = Metrics()
+        fanout = Fanout(client, url, settings, metrics_)
+        app[GATEWAY] = Gateway(settings, url, client, fanout, metrics_, settings.keyspace)
+        yield
+        await fanout.aclose()
+        await client.aclose()
+
+    return lifecycle
+
+
+async def _connect(client: redis.asyncio.Redis, url: str) -> None:
+    """Connect eagerly and fail loudly: a few bounded retries, one warning each."""
+    for attempt in range(1, _CONNECT_ATTEMPTS + 1):
+        try:
+            await client.ping()
+            await call_async(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
+            return
+        except (redis.RedisError, OSError) as e:
+            if attempt == _CONNECT_ATTEMPTS:
+                raise
+            log.warning("Redis at %s not reachable (%s), attempt %d/%d", url, e, attempt, _CONNECT_ATTEMPTS)
+            await asyncio.sleep(0.2 * attempt)
+
+
+async def _close_streams(app: web.Application) -> None:
+    """End every open SSE stream cleanly, so clients reconnect (to another gateway) at once."""
+    gw = app[GATEWAY]
+    gw.closing.set()
+    for sub in list(gw.subscribers):
+        sub.stop()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    try:
+        async with asyncio.timeout(1.0):
+            await gw.redis.ping()
+    except (TimeoutError, redis.RedisError, OSError) as e:
+        return error_response(503, "not_ready", f"Redis not reachable: {type(e).__name__}")
+    if not gw.fanout.healthy:
+        return error_response(503, "not_ready", "a partition reader cannot read from Redis")
+    return web.json_response({"status": "ready", "clients": len(gw.subscribers)})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    feeds = gw.fanout.feeds.values()
+    gw.metrics.ring_entries.set(sum(len(f) for f in feeds))
+    gw.metrics.ring_bytes.set(sum(f.nbytes for f in feeds))
+    return web.Response(body=gw.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,34 @@
+"""The gateway's state, under one typed ``web.AppKey``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import redis.asyncio
+from aiohttp import web
+
+from broker.keys import Keyspace
+
+from .fanout import Fanout
+from .metrics import Metrics
+from .settings import GatewaySettings
+
+if TYPE_CHECKING:
+    from .subscriber import Subscriber
+
+
+@dataclass(eq=False)
+class Gateway:
+    settings: GatewaySettings
+    url: str
+    redis: redis.asyncio.Redis
+    fanout: Fanout
+    metrics: Metrics
+    keyspace: Keyspace
+    subscribers: set[Subscriber] = field(default_factory=set)
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+GATEWAY = web.AppKey("gateway", Gateway)

@@ -1,0 +1,183 @@
+"""A job's live feed in one gateway: recent entries, each decoded and SSE-encoded once (DESIGN §6).
+
+The feed covers the stream from ``base`` (exclusive) to ``last`` (inclusive). Its ring is bounded
+by entries and bytes; when it overflows, the oldest frames go and ``base`` moves forward. A
+subscriber whose cursor is behind ``base`` is not dropped: it pages from Redis at its own pace
+(see ``gateway.subscriber``) and rejoins the ring when it has caught up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from bisect import bisect_right
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from broker.codec import decode_entry, entry_json
+from broker.constants import KIND_END, KINDS, LEVELS
+from broker.entry import Entry
+from broker.errors import CodecError
+
+from . import sse
+from .ids import StreamId, format_id, from_redis
+
+log = logging.getLogger(__name__)
+KIND_CORRUPT = -1
+
+
+class Item(NamedTuple):
+    sid: StreamId
+    frame: bytes
+    step: str | None
+    worker: str | None
+    level: int
+    kind: int
+
+
+def make_item(job: str, raw_id: bytes | str, fields: Mapping[bytes, bytes]) -> Item:
+    """Decode and encode one stored entry; an undecodable one still advances cursors."""
+    entry_id = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+    sid = from_redis(entry_id)
+    try:
+        entry = decode_entry(job, entry_id, fields)
+    except CodecError as e:
+        log.error("job %s entry %s cannot be decoded, skipped with its id: %s", job, entry_id, e)
+        return Item(sid, sse.id_only(entry_id), None, None, 0, KIND_CORRUPT)
+    return item_of(entry, sid)
+
+
+def item_of(entry: Entry, sid: StreamId) -> Item:
+    kind = KINDS[entry["kind"]]
+    frame = sse.event(entry["id"], entry_json(entry), "end" if kind == KIND_END else None)
+    return Item(sid, frame, entry["step"], entry["worker"], LEVELS[entry["level"]], kind)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Which entries a client wants; the end entry always passes (it ends the stream)."""
+
+    step: str | None = None
+    worker: str | None = None
+    min_level: int = 0
+    kinds: frozenset[int] | None = None
+
+    @property
+    def active(self) -> bool:
+        return self != _NO_FILTER
+
+    def passes(self, item: Item) -> bool:
+        if item.kind == KIND_END:
+            return True
+        if item.kind == KIND_CORRUPT:
+            return False
+        return (
+            (self.step is None or item.step == self.step)
+            and (self.worker is None or item.worker == self.worker)
+            and item.level >= self.min_level
+            and (self.kinds is None or item.kind in self.kinds)
+        )
+
+
+_NO_FILTER = Filter()
+
+
+def frames(items: Sequence[Item], flt: Filter) -> tuple[bytes, StreamId | None, bool]:
+    """The bytes for a run of items: one write, many events. Returns (blob, new cursor, ended).
+
+    Filtered-out items cost nothing except, when the run ends with them, one id-only event so
+    that the client's Last-Event-ID still moves past them.
+    """
+    parts: list[bytes] = []
+    cursor: StreamId | None = None
+    skipped = False
+    for item in items:
+        cursor = item.sid
+        if flt.passes(item):
+            parts.append(item.frame)
+            skipped = False
+            if item.kind == KIND_END:
+                return b"".join(parts), cursor, True
+        else:
+            skipped = True
+    if skipped and cursor is not None:
+        parts.append(sse.id_only(format_id(cursor)))
+    return b"".join(parts), cursor, False
+
+
+class JobFeed:
+    """Recent frames of one job, shared by all its subscribers in this process."""
+
+    def __init__(self, job: str, key: str, start: StreamId, max_entries: int, max_bytes: int) -> None:
+        self.job = job
+        self.key = key
+        self.base = start
+        self.last = start
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.subscribers = 0
+        self._items: list[Item] = []
+        self._sids: list[StreamId] = []
+        self._head = 0
+        self._bytes = 0
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._items) - self._head
+
+    @property
+    def nbytes(self) -> int:
+        return self._bytes
+
+    def waiter(self) -> asyncio.Event:
+        """Set at the next append; take it *before* reading, so nothing can slip in between."""
+        return self._changed
+
+    def append(self, raw: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> int:
+        added = 0
+        for raw_id, fields in raw:
+            item = make_item(self.job, raw_id, fields)
+            if item.sid <= self.last:
+                continue
+            self._items.append(item)
+            self._sids.append(item.sid)
+            self._bytes += len(item.frame)
+            self.last = item.sid
+            added += 1
+        if added:
+            self._trim()
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
+        return added
+
+    def _trim(self) -> None:
+        while len(self) > self.max_entries or (self._bytes > self.max_bytes and len(self) > 1):
+            item = self._items[self._head]
+            self._head += 1
+            self._bytes -= len(item.frame)
+            self.base = item.sid
+        if self._head > 1024 and self._head * 2 > len(self._items):
+            del self._items[: self._head]
+            del self._sids[: self._head]
+            self._head = 0
+
+    def after(self, cursor: StreamId) -> list[Item] | None:
+        """Items after ``cursor``; ``None`` when the cursor is behind the ring (page from Redis)."""
+        if cursor < self.base:
+            return None
+        return self._items[bisect_right(self._sids, cursor, lo=self._head) :]
+
+
+def gap_frame(after: StreamId, first_available: StreamId) -> tuple[bytes, StreamId]:
+    """The ``gap`` event, and the cursor it leaves the client at: just before the first available
+    entry, so a reconnect neither repeats the gap nor skips that entry."""
+    data = {"after": format_id(after), "first_available": format_id(first_available), "reason": "trimmed"}
+    cursor = predecessor(first_available)
+    return sse.event(format_id(cursor), json.dumps(data), "gap"), cursor
+
+
+def predecessor(sid: StreamId) -> StreamId:
+    ms, seq = sid
+    return (ms, seq - 1) if seq else (ms - 1, 2**64 - 1)

@@ -1,0 +1,56 @@
+"""Prometheus metrics of one gateway (a registry per app, so tests and apps never share counters)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.clients = Gauge("logbroker_sse_clients", "Open SSE streams", registry=r)
+        self.entries_sent = Counter(
+            "logbroker_sse_entries_sent_total", "Entries written to SSE clients", registry=r
+        )
+        self.bytes_sent = Counter(
+            "logbroker_sse_bytes_sent_total", "Bytes written to SSE clients", registry=r
+        )
+        self.client_lag = Histogram(
+            "logbroker_sse_client_lag_seconds",
+            "Age of the newest entry in each write to a client (stored -> written)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.pages = Counter(
+            "logbroker_sse_pages_total", "Pages read from Redis for clients behind the ring", registry=r
+        )
+        self.reaped = Counter(
+            "logbroker_sse_reaped_total", "Clients closed because a write timed out", registry=r
+        )
+        self.dropped = Counter(
+            "logbroker_dropped_entries_total",
+            "Entries dropped by the gateway: must stay 0 (never a full buffer)",
+            registry=r,
+        )
+        self.entries_read = Counter(
+            "logbroker_entries_read_total", "Entries read by partition readers", registry=r
+        )
+        self.redis_read_seconds = Histogram(
+            "logbroker_redis_read_seconds",
+            "Duration of partition readers' XREAD calls (includes blocking)",
+            registry=r,
+        )
+        self.ingest_entries = Counter(
+            "logbroker_ingest_entries_total", "Entries posted to the ingest route", ["result"], registry=r
+        )
+        self.ingest_requests = Counter(
+            "logbroker_ingest_requests_total", "Ingest requests by HTTP status", ["status"], registry=r
+        )
+        self.ring_entries = Gauge("logbroker_ring_entries", "Entries held in all job rings", registry=r)
+        self.ring_bytes = Gauge("logbroker_ring_bytes", "Bytes held in all job rings", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

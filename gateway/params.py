@@ -1,0 +1,60 @@
+"""Query parameters and path parts, validated strictly: a bad one is a 400 naming it."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiohttp import web
+
+from broker.constants import KINDS, LEVELS
+from broker.entry import check_job_id, check_name
+from broker.errors import InvalidEntry
+
+from .errors import bad_request
+from .feed import Filter
+
+
+def job_of(request: web.Request) -> str:
+    try:
+        return check_job_id(request.match_info["job"])
+    except InvalidEntry as e:
+        raise bad_request("invalid_job", str(e)) from None
+
+
+def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = query.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 12:
+        raise bad_request("invalid_parameter", f"{name} must be an integer {lo}..{hi}, got {raw!r:.40}")
+    value = int(raw)
+    if not lo <= value <= hi:
+        raise bad_request("invalid_parameter", f"{name} must be an integer {lo}..{hi}, got {value}")
+    return value
+
+
+def filter_of(query: Mapping[str, str]) -> Filter:
+    """``step``, ``worker``, ``level`` (minimum) and ``kind`` (one or a comma list)."""
+    try:
+        step = check_name("step", query["step"]) if "step" in query else None
+        worker = check_name("worker", query["worker"]) if "worker" in query else None
+    except InvalidEntry as e:
+        raise bad_request("invalid_parameter", str(e)) from None
+    min_level = 0
+    if "level" in query:
+        level = LEVELS.get(query["level"].lower())
+        if level is None:
+            raise bad_request(
+                "invalid_level", f"level must be one of {', '.join(LEVELS)}, got {query['level']!r:.40}"
+            )
+        min_level = level
+    kinds = None
+    if "kind" in query:
+        names = [k.strip() for k in query["kind"].split(",")]
+        unknown = [k for k in names if k not in KINDS]
+        if unknown or not names:
+            raise bad_request(
+                "invalid_kind", f"kind must be among {', '.join(KINDS)}, got {query['kind']!r:.40}"
+            )
+        kinds = frozenset(KINDS[k] for k in names)
+    return Filter(step, worker, min_level, kinds)

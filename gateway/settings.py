@@ -1,0 +1,75 @@
+"""Gateway settings: the one place the environment is read (``LOGBROKER_*``, DESIGN §8)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from broker.constants import (
+    DEFAULT_ENDED_TTL_S,
+    DEFAULT_IDLE_TTL_S,
+    DEFAULT_KEY_PREFIX,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PARTITIONS,
+    DEFAULT_STREAM_MAXLEN,
+)
+from broker.keys import Keyspace
+from broker.script import Retention
+
+
+class GatewaySettings(BaseSettings):
+    """Every value is validated at start-up; a bad one stops the gateway with a clear message."""
+
+    model_config = SettingsConfigDict(env_prefix="LOGBROKER_", extra="ignore", frozen=True)
+
+    redis_url: str | None = None  # unset: embedded redis-server (logbroker serve)
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    auth_secret: SecretStr | None = None
+    data_dir: Path = Path(".logbroker")
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=16384)
+    # SSE
+    heartbeat_s: float = Field(15.0, gt=0, le=3600)
+    retry_ms: int = Field(2000, ge=0, le=3_600_000)
+    write_timeout_s: float = Field(30.0, gt=0)
+    max_clients: int = Field(10_000, ge=1)
+    # fan-out memory bounds: per-job ring of recent frames, page size for lagging clients
+    ring_entries: int = Field(10_000, ge=1)
+    ring_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    page_entries: int = Field(500, ge=1, le=10_000)
+    read_block_ms: int = Field(5000, ge=10, le=60_000)
+    read_count: int = Field(1000, ge=1, le=100_000)
+    # replay and ingest
+    replay_default_limit: int = Field(100, ge=1)
+    replay_max_limit: int = Field(5000, ge=1)
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_ingest_entries: int = Field(10_000, ge=1)
+    max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=256)
+    # retention applied to what the gateway ingests (DESIGN §3)
+    stream_maxlen: int = Field(DEFAULT_STREAM_MAXLEN, ge=0)
+    idle_ttl_s: int = Field(DEFAULT_IDLE_TTL_S, ge=0)
+    ended_ttl_s: int = Field(DEFAULT_ENDED_TTL_S, ge=0)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        Keyspace(value, 1)
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value or None
+
+    @property
+    def keyspace(self) -> Keyspace:
+        return Keyspace(self.key_prefix, self.partitions)
+
+    @property
+    def retention(self) -> Retention:
+        return Retention(self.stream_maxlen, self.idle_ttl_s, self.ended_ttl_s)

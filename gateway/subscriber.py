@@ -1,0 +1,143 @@
+"""One SSE client: a cursor and a writer (DESIGN §6).
+
+While caught up, a subscriber takes every frame after its cursor from the job's ring and sends
+them in one ``write()``, then awaits the transport's drain: the client's reading speed paces it,
+never a buffer that can fill. Behind the ring, it pages from Redis with ``XRANGE`` at its own pace
+and rejoins the ring once caught up. A client that stops reading without closing is detected by
+the write timeout and its connection is closed; memory per client stays one page at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiohttp import web
+
+from . import sse
+from .context import Gateway
+from .feed import Filter, Item, JobFeed, frames, gap_frame, make_item
+from .ids import ZERO, StreamId, format_id, from_redis
+from .streams import xrange
+
+log = logging.getLogger(__name__)
+
+
+class ClientGone(Exception):
+    """The client disconnected, or stopped reading for longer than the write timeout."""
+
+
+class Subscriber:
+    def __init__(
+        self,
+        gw: Gateway,
+        request: web.Request,
+        resp: web.StreamResponse,
+        feed: JobFeed,
+        flt: Filter,
+        cursor: StreamId,
+    ) -> None:
+        self.gw = gw
+        self.request = request
+        self.resp = resp
+        self.feed = feed
+        self.filter = flt
+        self.cursor = cursor
+        self.sent = 0
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        """Graceful shutdown: the stream ends cleanly and the client reconnects elsewhere."""
+        self._stop.set()
+
+    async def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                waiter = self.feed.waiter()
+                items = self.feed.after(self.cursor)
+                if items is None:
+                    items = await self._page()
+                if not items:
+                    await self._idle(waiter)
+                    continue
+                blob, cursor, ended = frames(items, self.filter)
+                await self.write(blob, cursor)
+                if ended:
+                    return
+        except ClientGone:
+            return
+
+    async def _idle(self, waiter: asyncio.Event) -> None:
+        stop = asyncio.ensure_future(self._stop.wait())
+        change = asyncio.ensure_future(waiter.wait())
+        try:
+            done, _ = await asyncio.wait(
+                {stop, change}, timeout=self.gw.settings.heartbeat_s, return_when="FIRST_COMPLETED"
+            )
+        finally:
+            stop.cancel()
+            change.cancel()
+        if not done:
+            await self.write(sse.comment("heartbeat"), None)
+
+    async def _page(self) -> list[Item]:
+        """Entries after the cursor straight from Redis, for a client behind the ring."""
+        gw = self.gw
+        self.gw.metrics.pages.inc()
+        raw = await xrange(
+            gw.redis, self.feed.key, "(" + format_id(self.cursor), count=gw.settings.page_entries
+        )
+        first_available = await trimmed_since(gw, self.feed.job, self.cursor)
+        if first_available is not None:
+            frame, self.cursor = gap_frame(self.cursor, first_available)
+            await self.write(frame, None)
+        if not raw:  # everything between the cursor and the ring was trimmed
+            return self.feed.after(self.feed.base) or []
+        return [make_item(self.feed.job, i, f) for i, f in raw]
+
+    async def write(self, blob: bytes, cursor: StreamId | None) -> None:
+        if not blob:
+            return
+        try:
+            async with asyncio.timeout(self.gw.settings.write_timeout_s):
+                await self.resp.write(blob)
+        except TimeoutError:
+            self.gw.metrics.reaped.inc()
+            log.info(
+                "closing SSE client of %s: no progress in %ss",
+                self.feed.job,
+                self.gw.settings.write_timeout_s,
+            )
+            if self.request.transport is not None:
+                self.request.transport.abort()
+            raise ClientGone from None
+        except (ConnectionError, RuntimeError) as e:  # reset by peer, or transport already closed
+            raise ClientGone from e
+        metrics = self.gw.metrics
+        metrics.bytes_sent.inc(len(blob))
+        if cursor is not None:
+            count = blob.count(b"\ndata: ") + blob.startswith(b"data: ")
+            metrics.entries_sent.inc(count)
+            self.sent += count
+            self.cursor = cursor
+            metrics.client_lag.observe(max(0.0, time.time() - cursor[0] / 1000))
+
+
+async def trimmed_since(gw: Gateway, job: str, cursor: StreamId) -> StreamId | None:
+    """The first available entry when entries after ``cursor`` were trimmed away, else ``None``.
+
+    Something was trimmed when the job's first entry ever (kept in its meta) is older than the
+    oldest entry still in the stream; the client missed some when its cursor is older too.
+    """
+    key, meta_key, _ = gw.keyspace.job_keys(job)
+    oldest = await xrange(gw.redis, key, count=1)
+    if not oldest:
+        return None
+    first_retained = from_redis(oldest[0][0])
+    if cursor >= first_retained:
+        return None
+    first_ever = await gw.redis.hget(meta_key, "first_id")
+    if first_ever is None or from_redis(first_ever) >= first_retained:
+        return None
+    return first_retained if cursor < first_retained or cursor == ZERO else None
