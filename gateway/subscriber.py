@@ -17,8 +17,8 @@ from aiohttp import web
 
 from . import sse
 from .context import Gateway
-from .feed import Filter, Item, JobFeed, frames, gap_frame, make_item
-from .ids import ZERO, StreamId, format_id, from_redis
+from .feed import Filter, Item, JobFeed, frames, gap_frame, make_item, predecessor
+from .ids import StreamId, format_id, from_redis
 from .streams import xrange
 
 log = logging.getLogger(__name__)
@@ -135,9 +135,9 @@ async def trimmed_since(gw: Gateway, job: str, cursor: StreamId) -> StreamId | N
     if not oldest:
         return None
     first_retained = from_redis(oldest[0][0])
-    if cursor >= first_retained:
+    if cursor >= predecessor(first_retained):  # where a gap event leaves a client: nothing missed
         return None
     first_ever = await gw.redis.hget(meta_key, "first_id")
     if first_ever is None or from_redis(first_ever) >= first_retained:
         return None
-    return first_retained if cursor < first_retained or cursor == ZERO else None
+    return first_retained

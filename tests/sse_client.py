@@ -1,0 +1,104 @@
+"""A WHATWG-conformant SSE reader for tests (httpx + httpx-sse's line decoder).
+
+Per the spec, an event whose data is empty is not dispatched but still sets the last event id;
+``read_events`` follows that rule, and ``follow`` reconnects with ``Last-Event-ID`` like a
+browser's EventSource until the job's end event.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+
+@dataclass
+class Event:
+    event: str
+    id: str
+    data: str
+
+    def json(self) -> Any:
+        return json.loads(self.data)
+
+
+@dataclass
+class Parsed:
+    events: list[Event] = field(default_factory=list)
+    last_id: str = ""
+    retry: int | None = None
+    comments: int = 0
+
+
+def parse(raw: bytes) -> Parsed:
+    out = Parsed()
+    lines, decoder = SSELineDecoder(), SSEDecoder()
+    for line in [*lines.decode(raw.decode("utf-8")), *lines.flush(), ""]:
+        _feed(out, decoder, line)
+    return out
+
+
+def _feed(out: Parsed, decoder: SSEDecoder, line: str) -> Event | None:
+    if line.startswith(":"):
+        out.comments += 1
+    sse = decoder.decode(line)
+    if sse is None:
+        return None
+    out.last_id = sse.id
+    if sse.retry is not None:
+        out.retry = sse.retry
+    if not sse.data:
+        return None
+    event = Event(sse.event or "message", sse.id, sse.data)
+    out.events.append(event)
+    return event
+
+
+def follow(
+    base_url: str,
+    job: str,
+    *,
+    query: str = "",
+    last_id: str = "",
+    delay_s: float = 0.0,
+    delay_for: int = 0,
+    disconnect_every: int = 0,
+    timeout_s: float = 120.0,
+) -> tuple[list[Event], int]:
+    """Read a job's stream until its end event, reconnecting after errors or on purpose every
+    ``disconnect_every`` events. Slow readers sleep ``delay_s`` after each of their first
+    ``delay_for`` events. Returns the dispatched events and the number of connections made."""
+    got: list[Event] = []
+    connections = 0
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        connections += 1
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with httpx.stream(
+                "GET", f"{base_url}/v1/jobs/{job}/stream?{query}", headers=headers, timeout=30
+            ) as r:
+                if r.status_code == 204:
+                    return got, connections
+                r.raise_for_status()
+                out, lines, decoder = Parsed(), SSELineDecoder(), SSEDecoder()
+                for chunk in r.iter_text():
+                    for line in lines.decode(chunk):
+                        event = _feed(out, decoder, line)
+                        last_id = out.last_id or last_id
+                        if event is None:
+                            continue
+                        got.append(event)
+                        if event.event == "end":
+                            return got, connections
+                        if delay_s and len(got) <= delay_for:
+                            time.sleep(delay_s)
+                        if disconnect_every and len(got) % disconnect_every == 0:
+                            raise ConnectionAbortedError("disconnecting on purpose")
+        except (httpx.HTTPError, ConnectionAbortedError):
+            time.sleep(0.05)
+    raise TimeoutError(f"no end event for {job} within {timeout_s}s ({len(got)} events)")
