@@ -1,15 +1,182 @@
-"""Placeholder: being written (see gateway/app.py for the route)."""
+"""``GET /v1/jobs`` and ``GET /v1/jobs/{job}``: which jobs exist, and what one job holds (DESIGN §5).
+
+The job index is one sorted set per partition (score = last activity in ms, member = job id), so
+the list merges all partitions in one pipelined round trip per page. Its order is (score, job id)
+descending, and the opaque cursor ``<score>:<job>`` names the last job returned: the next page
+starts strictly after it, so paging never repeats or skips a job that did not move meanwhile.
+
+Meta comes from the job's meta hash, whose counters the write script keeps exact (lesson 7): a
+job's and each step's totals are one ``HGETALL``, never a scan of the stream.
+"""
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from aiohttp import web
 
-from .errors import ApiError
+from broker.entry import check_job_id, check_status
+from broker.errors import InvalidEntry
+from broker.meta import JobMeta, StepMeta, parse_meta
+
+from .context import GATEWAY, Gateway
+from .errors import bad_request, not_found
+from .ids import from_redis
+from .params import int_param, job_of
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+_MAX_ROUNDS = 20  # index pages looked at per request when a status filter skips jobs
+_MIN_FETCH = 100  # with a status filter, read at least this many candidates per round
+_NO_ID = (2**64, 0)  # steps without a first id sort last
+
+Position = tuple[int, str]  # (score, job): the index order, compared descending
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    raise ApiError(501, "not_implemented", "job list is not implemented yet")
+    """Jobs by last activity, newest first: ``limit``, ``cursor``, ``status``."""
+    gw = request.app[GATEWAY]
+    limit = int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    cursor = _cursor_of(request.query.get("cursor"))
+    status = _status_of(request.query.get("status"))
+    found: list[dict[str, Any]] = []
+    for _ in range(_MAX_ROUNDS):
+        want = limit - len(found)
+        fetch = want if status is None else max(want, _MIN_FETCH)
+        candidates, exhausted = await _candidates(gw, cursor, fetch)
+        metas = await _metas(gw, candidates)
+        for position, meta in zip(candidates, metas, strict=True):
+            cursor = position
+            if meta is not None and (status is None or meta.status == status):
+                found.append(_summary(meta))
+                if len(found) == limit:
+                    more = not exhausted or position != candidates[-1]
+                    return _page(found, position if more else None)
+        if exhausted:
+            return _page(found, None)
+    return _page(found, cursor)
 
 
 async def get_job(request: web.Request) -> web.Response:
-    raise ApiError(501, "not_implemented", "job meta is not implemented yet")
+    gw = request.app[GATEWAY]
+    job = job_of(request)
+    meta = parse_meta(job, await gw.redis.hgetall(gw.keyspace.meta(job)))
+    if meta is None:
+        raise not_found(job)
+    return web.json_response(_detail(meta))
+
+
+def _page(jobs: list[dict[str, Any]], after: Position | None) -> web.Response:
+    return web.json_response({"jobs": jobs, "next": None if after is None else f"{after[0]}:{after[1]}"})
+
+
+def _cursor_of(raw: str | None) -> Position | None:
+    if raw is None:
+        return None
+    score, sep, job = raw.partition(":")
+    try:
+        if not sep or not score.isdigit() or len(score) > 19:
+            raise ValueError("malformed")
+        return int(score), check_job_id(job)
+    except (ValueError, InvalidEntry):
+        message = f"cursor must be a value from a previous 'next', got {raw!r:.80}"
+        raise bad_request("invalid_cursor", message) from None
+
+
+def _status_of(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    try:
+        return check_status(raw)
+    except InvalidEntry as e:
+        raise bad_request("invalid_status", str(e)) from None
+
+
+async def _candidates(gw: Gateway, after: Position | None, count: int) -> tuple[list[Position], bool]:
+    """The next ``count`` jobs of the merged index strictly after ``after``, and whether the index
+    ends there. Per partition: the jobs with a lower score, plus those tied with the cursor's score
+    that sort after its job id (ties are jobs active in the same millisecond: few)."""
+    ks = gw.keyspace
+    top = "+inf" if after is None else f"({after[0]}"
+    pipe = gw.redis.pipeline(transaction=False)
+    for p in range(ks.partitions):
+        pipe.zrevrangebyscore(ks.index(p), top, "-inf", start=0, num=count, withscores=True)
+        if after is not None:
+            pipe.zrevrangebyscore(ks.index(p), after[0], after[0], withscores=True)
+    replies: list[list[tuple[bytes, float]]] = await pipe.execute()
+    step = 1 if after is None else 2
+    full = any(len(replies[i]) >= count for i in range(0, len(replies), step))
+    merged = {(int(score), member.decode()) for reply in replies for member, score in reply}
+    if after is not None:
+        merged = {pos for pos in merged if pos < after}
+    ordered = sorted(merged, reverse=True)
+    return ordered[:count], not full and len(ordered) <= count
+
+
+async def _metas(gw: Gateway, positions: list[Position]) -> list[JobMeta | None]:
+    """Meta of each job; a job whose meta has expired leaves the index (its next write re-adds it)."""
+    if not positions:
+        return []
+    pipe = gw.redis.pipeline(transaction=False)
+    for _, job in positions:
+        pipe.hgetall(gw.keyspace.meta(job))
+    raws: list[dict[bytes, bytes]] = await pipe.execute()
+    metas = [parse_meta(job, raw) for (_, job), raw in zip(positions, raws, strict=True)]
+    expired = [job for (_, job), meta in zip(positions, metas, strict=True) if meta is None]
+    if expired:
+        pipe = gw.redis.pipeline(transaction=False)
+        for job in expired:
+            pipe.zrem(gw.keyspace.job_keys(job)[2], job)
+        await pipe.execute()
+        log.info("removed %d expired jobs from the job index", len(expired))
+    return metas
+
+
+def _summary(meta: JobMeta) -> dict[str, Any]:
+    return {
+        "job": meta.job,
+        "name": meta.name,
+        "type": meta.type,
+        "status": meta.status,
+        "created_ms": meta.created_ms,
+        "updated_ms": meta.updated_ms,
+        "ended_ms": meta.ended_ms,
+        "entries": meta.entries,
+    }
+
+
+def _detail(meta: JobMeta) -> dict[str, Any]:
+    steps = sorted(meta.steps.items(), key=lambda kv: (_id_key(kv[1].first_id), kv[0]))
+    return {
+        **_summary(meta),
+        "first_id": meta.first_id,
+        "last_id": meta.last_id,
+        "end_id": meta.end_id,
+        "job_entries": meta.job_entries,
+        "steps": {name: _step(step) for name, step in steps},
+        "publishers": {
+            src: {"entries": pub.entries, "last_seq": pub.last_seq} for src, pub in meta.publishers.items()
+        },
+    }
+
+
+def _step(step: StepMeta) -> dict[str, Any]:
+    return {
+        "entries": step.entries,
+        "status": step.status,
+        "first_id": step.first_id,
+        "last_id": step.last_id,
+        "workers": {w: {"entries": m.entries, "status": m.status} for w, m in step.workers.items()},
+    }
+
+
+def _id_key(raw: str | None) -> tuple[int, int]:
+    if raw is None:
+        return _NO_ID
+    try:
+        return from_redis(raw)
+    except ValueError:
+        return _NO_ID

@@ -209,10 +209,14 @@ async def test_gap_event_after_trimming(make_gateway: MakeGateway, redis_server:
     fresh = parse(await read_all(client, "/v1/jobs/trim/stream")).events
     assert fresh[0].event == "gap" and fresh[0].json()["after"] == "0-0"
     assert [e.id for e in fresh[1:]] == [e["id"] for e in stored[-30:]]
-    recent = parse(
+    missed_one = parse(
+        await read_all(client, "/v1/jobs/trim/stream", {"Last-Event-ID": stored[-32]["id"]})
+    ).events
+    assert missed_one[0].event == "gap", "one entry after the cursor was trimmed: the client is told"
+    adjacent = parse(
         await read_all(client, "/v1/jobs/trim/stream", {"Last-Event-ID": stored[-31]["id"]})
     ).events
-    assert recent[0].event == "gap", "the cursor's own entry was trimmed: the client is told"
+    assert [e.id for e in adjacent] == [e["id"] for e in stored[-30:]], "nothing missed: no gap"
     untouched = parse(
         await read_all(client, "/v1/jobs/trim/stream", {"Last-Event-ID": stored[-30]["id"]})
     ).events
