@@ -1,11 +1,212 @@
-"""Placeholder: being written (see gateway/app.py for the route)."""
+"""``GET /v1/jobs/{job}/logs``: replay a job's stored entries, a page at a time (DESIGN §5).
+
+The cursor is the stream id, as everywhere: ``next`` is passed back as ``after`` (ascending) or
+``before`` (descending), both exclusive, so consecutive pages neither overlap nor leave a hole, and
+a replay page can be followed by the SSE stream with ``after=<last id>`` (lesson 5).
+
+Filters use the one implementation the stream uses (``gateway.feed.Filter``), including its rule
+that the job's end entry always passes: it carries the per-step totals, so a filtered download
+still ends with the numbers that prove it complete. A filtered page scans at most
+``_MAX_SCAN_PAGES`` pages of ``page_entries`` before answering with what it found and ``next`` =
+the last id it looked at, so a sparse filter over a huge job costs bounded work per request.
+
+``Accept: application/x-ndjson`` downloads the whole range as NDJSON, written page by page as it
+is read, so memory stays bounded by one page whatever the size of the job.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TypeGuard
+from urllib.parse import quote
+
+import redis.asyncio
 from aiohttp import web
 
-from .errors import ApiError
+from broker.codec import decode_entry, entry_json
+from broker.constants import KINDS, LEVELS
+from broker.entry import Entry
+from broker.errors import CodecError
+
+from .context import GATEWAY, Gateway
+from .errors import bad_request, not_found
+from .feed import Filter, Item
+from .ids import ZERO, StreamId, format_id, parse_id
+from .params import filter_of, int_param, job_of
+from .settings import GatewaySettings
+from .streams import RawEntry, xrange, xrevrange
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+_MAX_SCAN_PAGES = 20
+_MAX_ID: StreamId = (2**64 - 1, 2**64 - 1)
+_UNSAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._:-]")
+
+
+@dataclass(slots=True)
+class _Range:
+    """What is left to read: Redis range bounds (``-``/``+`` or ``(<id>``) and the direction."""
+
+    lo: str
+    hi: str
+    desc: bool
+    empty: bool = False
+
+    async def read(self, client: redis.asyncio.Redis, key: str, count: int) -> list[RawEntry]:
+        if self.empty:
+            return []
+        if self.desc:
+            return await xrevrange(client, key, self.hi, self.lo, count)
+        return await xrange(client, key, self.lo, self.hi, count)
+
+    def advance(self, last_id: str) -> None:
+        """Continue strictly past ``last_id`` (the last entry read) in the reading direction."""
+        if self.desc:
+            self.hi = "(" + last_id
+        else:
+            self.lo = "(" + last_id
 
 
 async def get_logs(request: web.Request) -> web.StreamResponse:
-    raise ApiError(501, "not_implemented", "replay is not implemented yet")
+    gw = request.app[GATEWAY]
+    job = job_of(request)
+    flt = filter_of(request.query)
+    rng = _range_of(request.query)
+    ndjson = _wants_ndjson(request.headers.get("Accept", ""))
+    limit = _limit_of(gw.settings, request.query, optional=ndjson)
+    key, meta_key = gw.keyspace.job_keys(job)[:2]
+    if not await gw.redis.exists(key, meta_key):
+        raise not_found(job)
+    if ndjson:
+        return await _download(gw, request, job, flt, rng, limit)
+    entries, next_id = await _page(gw, job, flt, rng, limit or gw.settings.replay_default_limit)
+    body = '{"entries":[' + ",".join(map(entry_json, entries)) + '],"next":' + json.dumps(next_id) + "}"
+    return web.Response(text=body, content_type="application/json")
+
+
+def _range_of(query: Mapping[str, str]) -> _Range:
+    order = query.get("order", "asc")
+    if order not in ("asc", "desc"):
+        raise bad_request("invalid_parameter", f"order must be asc or desc, got {order!r:.40}")
+    after = parse_id(query["after"], "after") if "after" in query else None
+    before = parse_id(query["before"], "before") if "before" in query else None
+    # Redis refuses an exclusive bound past either end of the id space: such a range is just empty.
+    empty = after == _MAX_ID or before == ZERO
+    lo = "-" if after is None else "(" + format_id(after)
+    hi = "+" if before is None else "(" + format_id(before)
+    return _Range(lo, hi, order == "desc", empty)
+
+
+def _limit_of(settings: GatewaySettings, query: Mapping[str, str], *, optional: bool) -> int | None:
+    """``limit`` is 1..replay_max_limit; a download without one covers the whole range."""
+    if optional and "limit" not in query:
+        return None
+    return int_param(query, "limit", settings.replay_default_limit, 1, settings.replay_max_limit)
+
+
+def _wants_ndjson(accept: str) -> bool:
+    for part in accept.split(","):
+        media, *params = (p.strip().lower() for p in part.split(";"))
+        if media == NDJSON:
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+    return False
+
+
+def _decode(job: str, raw_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, Entry | None]:
+    """An undecodable entry is skipped (and logged), like in the stream; its id still moves the cursor."""
+    entry_id = raw_id.decode()
+    try:
+        return entry_id, decode_entry(job, entry_id, fields)
+    except CodecError as e:
+        log.error("job %s entry %s cannot be decoded, skipped: %s", job, entry_id, e)
+        return entry_id, None
+
+
+def _passes(entry: Entry | None, flt: Filter) -> TypeGuard[Entry]:
+    if entry is None:
+        return False
+    item = Item(ZERO, b"", entry["step"], entry["worker"], LEVELS[entry["level"]], KINDS[entry["kind"]])
+    return flt.passes(item)
+
+
+async def _page(
+    gw: Gateway, job: str, flt: Filter, rng: _Range, limit: int
+) -> tuple[list[Entry], str | None]:
+    """Up to ``limit`` matching entries, and where the next page starts (``None``: range done)."""
+    key = gw.keyspace.stream(job)
+    count = gw.settings.page_entries if flt.active else limit + 1
+    found: list[Entry] = []
+    last: str | None = None
+    for _ in range(_MAX_SCAN_PAGES):
+        page = await rng.read(gw.redis, key, count)
+        for raw_id, fields in page:
+            last, entry = _decode(job, raw_id, fields)
+            if _passes(entry, flt):
+                if len(found) == limit:
+                    return found, found[-1]["id"]
+                found.append(entry)
+        if len(page) < count:
+            return found, None
+        assert last is not None
+        if len(found) == limit:
+            return found, last
+        rng.advance(last)
+    return found, last
+
+
+async def _download(
+    gw: Gateway, request: web.Request, job: str, flt: Filter, rng: _Range, limit: int | None
+) -> web.StreamResponse:
+    resp = web.StreamResponse(headers={"Content-Disposition": _disposition(job, flt.step)})
+    resp.content_type = NDJSON
+    resp.charset = "utf-8"
+    await resp.prepare(request)
+    try:
+        await _write_range(gw, resp, job, flt, rng, limit)
+    except Exception:
+        # Headers are gone: abort, so the client sees a truncated download rather than a short file.
+        if request.transport is not None:
+            request.transport.abort()
+        raise
+    await resp.write_eof()
+    return resp
+
+
+async def _write_range(
+    gw: Gateway, resp: web.StreamResponse, job: str, flt: Filter, rng: _Range, limit: int | None
+) -> None:
+    """One write per page (each awaited, so a slow client slows the reads instead of growing memory)."""
+    key = gw.keyspace.stream(job)
+    count = gw.settings.page_entries
+    left = limit
+    while left is None or left > 0:
+        page = await rng.read(gw.redis, key, count)
+        lines: list[str] = []
+        for raw_id, fields in page:
+            _, entry = _decode(job, raw_id, fields)
+            if _passes(entry, flt):
+                lines.append(entry_json(entry) + "\n")
+                if len(lines) == left:
+                    break
+        if lines:
+            await resp.write("".join(lines).encode())
+        if left is not None:
+            left -= len(lines)
+        if len(page) < count:
+            return
+        rng.advance(page[-1][0].decode())
+
+
+def _disposition(job: str, step: str | None) -> str:
+    """``attachment; filename="<job>[-<step>].ndjson"``: an ASCII-safe name, and the exact one
+    (RFC 6266 ``filename*``) when the step holds characters a plain filename cannot."""
+    name = f"{job}-{step}.ndjson" if step else f"{job}.ndjson"
+    safe = _UNSAFE_FILENAME_RE.sub("_", name)
+    if safe == name:
+        return f'attachment; filename="{name}"'
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{quote(name, safe='')}"

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -23,13 +24,14 @@ class GatewayProcess:
         self.log_path = log_path
         self.env = {**os.environ, **{f"LOGBROKER_{k.upper()}": str(v) for k, v in settings.items()}}
         self.process: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 20.0) -> GatewayProcess:
-        log = self.log_path.open("ab")
+        self._log = log = self.log_path.open("ab")
         cmd = [sys.executable, "-m", "gateway", "--port", str(self.port), "--redis-url", self.redis_url]
         self.process = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
@@ -51,10 +53,16 @@ class GatewayProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        self.process = None
+        self._close_log()
 
     def kill(self) -> None:
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-            self.process = None
+        self._close_log()
+
+    def _close_log(self) -> None:
+        self.process = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
