@@ -42,6 +42,7 @@ class PartitionReader:
         self._wake = asyncio.Event()
         self._client: redis.asyncio.Redis | None = None
         self._client_id: int | None = None
+        self._closing = False
         self._task = asyncio.get_running_loop().create_task(
             self._run(), name=f"logbroker-reader-p{partition}"
         )
@@ -82,7 +83,7 @@ class PartitionReader:
 
     async def _run(self) -> None:
         backoff = Backoff(50, 2000)
-        while True:
+        while not self._closing:
             if not self.feeds:
                 self._wake.clear()
                 await self._wake.wait()
@@ -92,6 +93,8 @@ class PartitionReader:
                 backoff.reset()
                 self.healthy = True
             except (redis.RedisError, OSError) as e:
+                if self._closing:
+                    return
                 self.healthy = False
                 self._client_id = None
                 delay = backoff.next_delay_s()
@@ -115,8 +118,19 @@ class PartitionReader:
                 self.fanout.metrics.entries_read.inc(feed.append(entries))
 
     async def aclose(self) -> None:
-        self._task.cancel()
-        await asyncio.wait([self._task])
+        """Unblock the read rather than cancel it: a cancelled blocking read inside redis-py can
+        hang on its socket, while an unblocked one returns at once and the loop sees we close."""
+        self._closing = True
+        self._wake.set()
+        if self._client_id is None:  # not inside a blocking read: a plain cancel is enough
+            self._task.cancel()
+        else:
+            with suppress(redis.RedisError, OSError):
+                await call_async(self.fanout.redis, "CLIENT", "UNBLOCK", self._client_id)
+        done, _ = await asyncio.wait([self._task], timeout=2)
+        if not done:
+            self._task.cancel()
+            await asyncio.wait([self._task], timeout=2)
         if self._client is not None:
             await self._client.aclose()
 

@@ -84,19 +84,26 @@ class Filter:
 _NO_FILTER = Filter()
 
 
-def frames(items: Sequence[Item], flt: Filter) -> tuple[bytes, StreamId | None, bool]:
+def frames(
+    items: Sequence[Item], flt: Filter, max_bytes: int = 1 << 62
+) -> tuple[bytes, StreamId | None, bool]:
     """The bytes for a run of items: one write, many events. Returns (blob, new cursor, ended).
 
-    Filtered-out items cost nothing except, when the run ends with them, one id-only event so
-    that the client's Last-Event-ID still moves past them.
+    At most about ``max_bytes`` per write (the rest goes in the next one), so a slow client never
+    holds more than one such blob. Filtered-out items cost nothing except, when the run ends
+    with them, one id-only event so that the client's Last-Event-ID still moves past them.
     """
     parts: list[bytes] = []
+    size = 0
     cursor: StreamId | None = None
     skipped = False
     for item in items:
+        if size >= max_bytes:
+            break
         cursor = item.sid
         if flt.passes(item):
             parts.append(item.frame)
+            size += len(item.frame)
             skipped = False
             if item.kind == KIND_END:
                 return b"".join(parts), cursor, True

@@ -12,7 +12,7 @@ job's and each step's totals are one ``HGETALL``, never a scan of the stream.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -63,7 +63,8 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     job = job_of(request)
-    meta = parse_meta(job, await gw.redis.hgetall(gw.keyspace.meta(job)))
+    raw = cast(dict[bytes, bytes], await gw.redis.hgetall(gw.keyspace.meta(job)))
+    meta = parse_meta(job, raw)
     if meta is None:
         raise not_found(job)
     return web.json_response(_detail(meta))
@@ -102,13 +103,13 @@ async def _candidates(gw: Gateway, after: Position | None, count: int) -> tuple[
     ks = gw.keyspace
     top = "+inf" if after is None else f"({after[0]}"
     pipe = gw.redis.pipeline(transaction=False)
-    for p in range(ks.partitions):
-        pipe.zrevrangebyscore(ks.index(p), top, "-inf", start=0, num=count, withscores=True)
+    for p in range(ks.partitions):  # one more than needed tells whether a partition has more
+        pipe.zrevrangebyscore(ks.index(p), top, "-inf", start=0, num=count + 1, withscores=True)
         if after is not None:
             pipe.zrevrangebyscore(ks.index(p), after[0], after[0], withscores=True)
     replies: list[list[tuple[bytes, float]]] = await pipe.execute()
     step = 1 if after is None else 2
-    full = any(len(replies[i]) >= count for i in range(0, len(replies), step))
+    full = any(len(replies[i]) > count for i in range(0, len(replies), step))
     merged = {(int(score), member.decode()) for reply in replies for member, score in reply}
     if after is not None:
         merged = {pos for pos in merged if pos < after}

@@ -113,7 +113,7 @@ def _wants_ndjson(accept: str) -> bool:
     for part in accept.split(","):
         media, *params = (p.strip().lower() for p in part.split(";"))
         if media == NDJSON:
-            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+            return True or not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
     return False
 
 

@@ -39,7 +39,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         try:
             await sub.write(sse.retry(gw.settings.retry_ms), None)
             if initial:
-                blob, last, ended = frames(initial, flt)
+                blob, last, ended = frames(initial, flt)  # at most replay_max_limit entries, once
                 await sub.write(blob, last)
                 if ended:
                     return resp

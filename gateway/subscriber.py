@@ -61,7 +61,7 @@ class Subscriber:
                 if not items:
                     await self._idle(waiter)
                     continue
-                blob, cursor, ended = frames(items, self.filter)
+                blob, cursor, ended = frames(items, self.filter, self.gw.settings.write_chunk_bytes)
                 await self.write(blob, cursor)
                 if ended:
                     return

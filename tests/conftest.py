@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
+from gateway.app import create_app
 from gateway.redis_server import RedisServer
+from gateway.settings import GatewaySettings
 
 ServerFactory = Callable[..., RedisServer]
+AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
+MakeGateway = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 @pytest.fixture
@@ -37,3 +44,11 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_server.url)
     yield client
     client.close()
+
+
+@pytest.fixture
+def make_gateway(redis_server: RedisServer, aiohttp_client: AiohttpClient) -> MakeGateway:
+    async def make(**settings: Any) -> TestClient[Any, Any]:
+        return await aiohttp_client(create_app(GatewaySettings(redis_url=redis_server.url, **settings)))
+
+    return make

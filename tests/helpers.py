@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
-from broker import Entry, Keyspace, decode_entry, parse_meta
+from broker import Entry, Keyspace, SyncPublisher, decode_entry, parse_meta
 from broker.meta import JobMeta
 
 
@@ -54,3 +55,15 @@ def count_by(entries: list[Entry], *keys: str) -> dict[Any, int]:
     for e in entries:
         counts[tuple(e[k] for k in keys)] += 1  # type: ignore[literal-required]
     return dict(counts)
+
+
+def publish(
+    url: str, job: str, n: int, *, end: bool = True, step_of: Callable[[int], str] | None = None
+) -> None:
+    with SyncPublisher(url) as pub:
+        handle = pub.job(job, name="SSE", type="manager")
+        for i in range(n):
+            step = step_of(i) if step_of else "s"
+            handle.step(step).worker(f"w{i % 3}").log("warning" if i % 5 == 0 else "info", f"entry {i}", i=i)
+        if end:
+            handle.end("completed")

@@ -5,44 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis
-from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from broker import Publisher, SyncPublisher
-from gateway.app import create_app
 from gateway.context import GATEWAY
 from gateway.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.helpers import read_job
+from tests.conftest import MakeGateway
+from tests.helpers import publish, read_job
 from tests.sse_client import parse
-
-AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
-MakeGateway = Callable[..., Awaitable[TestClient[Any, Any]]]
-
-
-@pytest.fixture
-def make_gateway(redis_server: RedisServer, aiohttp_client: AiohttpClient) -> MakeGateway:
-    async def make(**settings: Any) -> TestClient[Any, Any]:
-        return await aiohttp_client(create_app(GatewaySettings(redis_url=redis_server.url, **settings)))
-
-    return make
-
-
-def publish(
-    url: str, job: str, n: int, *, end: bool = True, step_of: Callable[[int], str] | None = None
-) -> None:
-    with SyncPublisher(url) as pub:
-        handle = pub.job(job, name="SSE", type="manager")
-        for i in range(n):
-            step = step_of(i) if step_of else "s"
-            handle.step(step).worker(f"w{i % 3}").log("warning" if i % 5 == 0 else "info", f"entry {i}", i=i)
-        if end:
-            handle.end("completed")
 
 
 async def read_all(client: TestClient[Any, Any], path: str, headers: dict[str, str] | None = None) -> bytes:
