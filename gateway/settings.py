@@ -35,7 +35,8 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(15.0, gt=0, le=3600)
     retry_ms: int = Field(2000, ge=0, le=3_600_000)
     write_timeout_s: float = Field(30.0, gt=0)
-    write_chunk_bytes: int = Field(64 * 1024, ge=1024)  # at most this much per write to one client
+    write_chunk_bytes: int = Field(32 * 1024, ge=1024)  # at most this much per write to one client
+    write_buffer_bytes: int = Field(16 * 1024, ge=1024)  # transport buffer before a write waits
     max_clients: int = Field(10_000, ge=1)
     # fan-out memory bounds: per-job ring of recent frames, page size for lagging clients
     ring_entries: int = Field(10_000, ge=1)
