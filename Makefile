@@ -18,8 +18,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check broker gateway tests benchmarks
-	$(BIN)/ruff format --check broker gateway tests benchmarks
+	$(BIN)/ruff check broker gateway tests benchmarks examples
+	$(BIN)/ruff format --check broker gateway tests benchmarks examples
 	$(BIN)/mypy
 
 bench: $(STAMP)
