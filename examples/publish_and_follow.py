@@ -1,4 +1,4 @@
-"""A worker publishes a job's logs; a client follows them over SSE. Run: python examples/publish_and_follow.py"""
+"""A worker publishes a job's logs; a client follows them over SSE: python examples/publish_and_follow.py"""
 
 import asyncio
 import json

@@ -30,6 +30,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     url = redis_url or settings.redis_url
     if url is None:
         raise ValueError("no Redis URL: set LOGBROKER_REDIS_URL, or use `logbroker serve` (embedded Redis)")
+    if settings.auth_secret is not None:  # never pretend to protect what is open
+        raise ValueError("LOGBROKER_AUTH_SECRET is set but job-scoped auth is not implemented yet: unset it")
     app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
     app.cleanup_ctx.append(_lifecycle(settings, url))
     app.on_shutdown.append(_close_streams)

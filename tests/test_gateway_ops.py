@@ -104,3 +104,5 @@ def test_create_app_needs_a_redis_url() -> None:
     with pytest.raises(ValueError, match="LOGBROKER_REDIS_URL"):
         create_app(GatewaySettings(redis_url=None))
     assert isinstance(create_app(GatewaySettings(redis_url="redis://127.0.0.1:1/0")), web.Application)
+    with pytest.raises(ValueError, match="AUTH_SECRET"):
+        create_app(GatewaySettings(redis_url="redis://127.0.0.1:1/0", auth_secret="s3cret"))
