@@ -1,0 +1,96 @@
+"""Settings from the environment, malformed values, and ``python -m gateway`` as a process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import ValidationError
+
+from gateway.redis_server import free_port
+from gateway.settings import GatewaySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_environment_is_read_with_the_logbroker_prefix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGBROKER_REDIS_URL", "redis://example:6380/1")
+    monkeypatch.setenv("LOGBROKER_PORT", "9099")
+    monkeypatch.setenv("LOGBROKER_HOST", "0.0.0.0")
+    monkeypatch.setenv("LOGBROKER_HEARTBEAT_S", "2.5")
+    s = GatewaySettings()
+    assert (s.redis_url, s.port, s.host, s.heartbeat_s) == ("redis://example:6380/1", 9099, "0.0.0.0", 2.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("REDIS_URL", "localhost:6379"),
+        ("REDIS_URL", "http://x"),
+        ("PARTITIONS", "0"),
+        ("PARTITIONS", "16385"),
+        ("PARTITIONS", "1.5"),
+        ("HEARTBEAT_S", "0"),
+        ("HEARTBEAT_S", "soon"),
+        ("RETRY_MS", "-5"),
+        ("RING_ENTRIES", "0"),
+        ("RING_BYTES", "10"),
+        ("PAGE_ENTRIES", "0"),
+        ("WRITE_TIMEOUT_S", "0"),
+        ("MAX_CLIENTS", "0"),
+        ("MAX_BODY_BYTES", "1"),
+        ("KEY_PREFIX", "a{b}"),
+        ("KEY_PREFIX", ""),
+        ("MAX_MESSAGE_BYTES", "100"),
+    ],
+)
+def test_malformed_settings_are_refused_with_the_setting_named(
+    name: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(f"LOGBROKER_{name}", value)
+    with pytest.raises(ValidationError) as info:
+        GatewaySettings()
+    assert name.lower() in str(info.value)
+
+
+def test_cli_reports_a_bad_setting_and_exits_2() -> None:
+    env = {**os.environ, "LOGBROKER_PORT": "not-a-port"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "invalid setting" in done.stderr and "port" in done.stderr
+
+
+def test_serve_without_a_url_starts_an_embedded_redis_and_stops_it(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "LOGBROKER_REDIS_URL"}
+    cmd = [sys.executable, "-m", "gateway", "--port", str(port), "--data-dir", str(tmp_path / "data")]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("gateway with embedded Redis did not become ready")
+        assert (tmp_path / "data" / "redis" / "redis.log").exists()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0].decode()
+    assert proc.returncode == 0, out
+    assert "embedded redis-server" in out
+    time.sleep(0.2)
+    ps = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True)
+    assert ps.stdout.strip() == "", "the embedded redis-server must stop with the gateway"
