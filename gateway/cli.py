@@ -1,12 +1,14 @@
 """The ``logbroker`` command. ``serve`` runs a gateway; with no Redis URL configured it starts an
-embedded real redis-server (AOF in the data folder) and stops it on exit."""
+embedded real redis-server (AOF in the data folder) and stops it on exit. ``tail`` follows a job."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -14,6 +16,7 @@ from pydantic import ValidationError
 from .app import create_app
 from .redis_server import RedisServer, RedisServerError
 from .settings import GatewaySettings
+from .tail import Tail, TailOptions
 
 log = logging.getLogger("gateway.cli")
 
@@ -30,21 +33,37 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--data-dir", help="embedded Redis data folder (LOGBROKER_DATA_DIR, default ./.logbroker)"
     )
+    tail = sub.add_parser("tail", help="follow a job's log; resumes after drops and restarts")
+    tail.add_argument("job")
+    tail.add_argument("--url", help="gateway base URL (default http://LOGBROKER_HOST:LOGBROKER_PORT)")
+    tail.add_argument("--after", help="start after this entry id")
+    tail.add_argument("--tail", type=int, metavar="N", help="start with the N newest matching entries")
+    tail.add_argument("--step")
+    tail.add_argument("--worker")
+    tail.add_argument("--level", help="minimum level: debug, info, warning, error, critical")
+    tail.add_argument("--json", action="store_true", help="print entries as JSON lines")
+    tail.add_argument("--cursor-file", type=Path, help="resume from (and keep) the cursor in this file")
+    tail.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     return parser
+
+
+def run_tail(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    base_url = (args.url or f"http://{settings.host}:{settings.port}").rstrip("/")
+    options = TailOptions(
+        base_url=base_url, job=args.job, after=args.after, tail=args.tail, step=args.step, worker=args.worker,
+        level=args.level, as_json=args.json, cursor_file=args.cursor_file, color=color,
+    )  # fmt: skip
+    try:
+        return asyncio.run(Tail(options).run())
+    except KeyboardInterrupt:
+        return 130
 
 
 def settings_from(args: argparse.Namespace) -> GatewaySettings:
     """Environment first, command-line flags over it."""
-    overrides = {
-        name: value
-        for name, value in (
-            ("host", args.host),
-            ("port", args.port),
-            ("redis_url", args.redis_url),
-            ("data_dir", args.data_dir),
-        )
-        if value is not None
-    }
+    names = ("host", "port", "redis_url", "data_dir")
+    overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return GatewaySettings(**overrides)
 
 
@@ -65,8 +84,9 @@ def serve(settings: GatewaySettings) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
+    level = logging.INFO if args.command == "serve" else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
     except ValidationError as e:
@@ -75,6 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "serve":
             serve(settings)
+        elif args.command == "tail":
+            return run_tail(args, settings)
     except RedisServerError as e:
         print(f"logbroker: {e}", file=sys.stderr)
         return 1

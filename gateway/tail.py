@@ -1,0 +1,147 @@
+"""``logbroker tail JOB``: follow a job from a terminal, through drops and gateway restarts.
+
+The cursor is the last event id; every reconnect sends it as ``Last-Event-ID``, so a line is
+never printed twice and none is skipped. With ``--cursor-file`` the cursor also survives this
+process. Exit status: 0 when the job completed, 1 when it ended otherwise, 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import aiohttp
+
+from broker.delivery import Backoff
+
+from .sse_reader import Message, SSEParser
+
+_COLORS = {
+    "debug": "\x1b[2m",
+    "info": "",
+    "warning": "\x1b[33m",
+    "error": "\x1b[31m",
+    "critical": "\x1b[1;31m",
+}
+_RESET = "\x1b[0m"
+SUCCESS = frozenset({"completed", "succeeded", "success", "ok", "done"})
+
+
+@dataclass
+class TailOptions:
+    base_url: str
+    job: str
+    after: str | None = None
+    tail: int | None = None
+    step: str | None = None
+    worker: str | None = None
+    level: str | None = None
+    as_json: bool = False
+    cursor_file: Path | None = None
+    color: bool = False
+
+
+class UsageError(Exception):
+    """The gateway refused the request (bad job id or parameter): retrying cannot help."""
+
+
+def format_line(entry: dict[str, Any], color: bool) -> str:
+    where = "/".join(p for p in (entry.get("step"), entry.get("worker")) if p) or "-"
+    ts = str(entry.get("ts", ""))[11:23]
+    level = str(entry.get("level", "info"))
+    text = f"{ts} {level.upper():8} {where} #{entry.get('line')} {entry.get('msg', '')}"
+    start = _COLORS.get(level, "") if color else ""
+    return f"{start}{text}{_RESET}" if start else text
+
+
+class Tail:
+    def __init__(self, options: TailOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> None:
+        self.o = options
+        self.out = out
+        self.err = err
+        self.cursor = options.after or self._load_cursor()
+        self.final_status: str | None = None
+
+    def _load_cursor(self) -> str:
+        f = self.o.cursor_file
+        return f.read_text().strip() if f is not None and f.exists() else ""
+
+    def _save_cursor(self) -> None:
+        if self.o.cursor_file is not None and self.cursor:
+            tmp = self.o.cursor_file.with_suffix(".tmp")
+            tmp.write_text(self.cursor)
+            os.replace(tmp, self.o.cursor_file)
+
+    def _params(self) -> dict[str, str]:
+        params = {
+            k: v for k, v in (("step", self.o.step), ("worker", self.o.worker), ("level", self.o.level)) if v
+        }
+        if not self.cursor and self.o.tail is not None:
+            params["tail"] = str(self.o.tail)
+        return params
+
+    async def run(self) -> int:
+        backoff = Backoff(100, 3000)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as http:
+            while self.final_status is None:
+                try:
+                    await self._connect(http)
+                    backoff.reset()
+                except UsageError as e:
+                    print(f"logbroker tail: {e}", file=self.err)
+                    return 2
+                except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+                    delay = backoff.next_delay_s()
+                    print(
+                        f"logbroker tail: connection lost ({type(e).__name__}), resuming in {delay:.1f}s",
+                        file=self.err,
+                    )
+                    await asyncio.sleep(delay)
+        self._save_cursor()
+        return 0 if self.final_status in SUCCESS else 1
+
+    async def _connect(self, http: aiohttp.ClientSession) -> None:
+        headers = {"Last-Event-ID": self.cursor} if self.cursor else {}
+        url = f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}/stream"
+        async with http.get(url, params=self._params(), headers=headers) as resp:
+            if resp.status == 204:  # we are past the end already
+                self.final_status = await self._job_status(http)
+                return
+            if 400 <= resp.status < 500:
+                raise UsageError(f"{resp.status}: {(await resp.text())[:300]}")
+            resp.raise_for_status()
+            parser = SSEParser()
+            async for chunk in resp.content.iter_any():
+                for message in parser.feed(chunk):
+                    self._show(message)
+                self.cursor = parser.last_id or self.cursor
+                self._save_cursor()
+                if self.final_status is not None:
+                    return
+            raise ConnectionResetError("stream ended before the job did")
+
+    def _show(self, message: Message) -> None:
+        if message.event == "gap":
+            gap = json.loads(message.data)
+            print(f"logbroker tail: entries before {gap['first_available']} were trimmed", file=self.err)
+            return
+        entry = json.loads(message.data)
+        print(
+            json.dumps(entry) if self.o.as_json else format_line(entry, self.o.color),
+            file=self.out,
+            flush=True,
+        )
+        if message.event == "end":
+            self.final_status = entry.get("status") or "unknown"
+
+    async def _job_status(self, http: aiohttp.ClientSession) -> str:
+        async with http.get(f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}") as resp:
+            if resp.status != 200:
+                return "unknown"
+            return str((await resp.json()).get("status") or "unknown")

@@ -1,0 +1,114 @@
+"""``logbroker tail`` as a user runs it: across a gateway restart, across two runs, exit codes."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from broker import SyncPublisher
+from gateway.redis_server import RedisServer
+from gateway.sse_reader import SSEParser
+from tests.gateway_process import GatewayProcess
+from tests.helpers import read_job
+
+CLI = [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())"]
+
+
+def tail(gw: GatewayProcess, *args: str) -> subprocess.Popen[str]:
+    cmd = [*CLI, "tail", "--url", gw.url, *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def publish_slowly(url: str, job: str, n: int, status: str = "completed", pace_s: float = 0.002) -> None:
+    with SyncPublisher(url) as pub:
+        worker = pub.job(job, name="Tail").step("s").worker("w")
+        for i in range(n):
+            worker.info(f"line {i}")
+            if pace_s:
+                time.sleep(pace_s)
+        pub.job(job, name="Tail").end(status)
+
+
+@pytest.mark.slow
+def test_tail_resumes_across_a_gateway_restart_without_duplicates(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        proc = tail(gw, "t1", "--json")
+        publisher = threading.Thread(target=publish_slowly, args=(redis_server.url, "t1", 1500))
+        publisher.start()
+        time.sleep(1.0)
+        gw.kill()
+        time.sleep(0.5)
+        gw.start()
+        publisher.join()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gw.stop()
+    assert proc.returncode == 0, err
+    assert "resuming" in err
+    printed = [json.loads(line)["id"] for line in out.splitlines()]
+    stored = [e["id"] for e in read_job(redis.Redis.from_url(redis_server.url), "t1")]
+    assert printed == stored
+
+
+def test_cursor_file_resumes_across_two_runs(redis_server: RedisServer, tmp_path: Path) -> None:
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    cursor = tmp_path / "cursor"
+    try:
+        with SyncPublisher(redis_server.url) as pub:
+            for i in range(200):
+                pub.job("t2").step("s").info(f"first {i}")
+        first = tail(gw, "t2", "--json", "--cursor-file", str(cursor))
+        deadline = time.monotonic() + 20
+        while (not cursor.exists() or cursor.read_text() == "") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        first.send_signal(signal.SIGINT)
+        out1, _ = first.communicate(timeout=20)
+        publish_slowly(redis_server.url, "t2", 100, pace_s=0)
+        second = tail(gw, "t2", "--json", "--cursor-file", str(cursor))
+        out2, err2 = second.communicate(timeout=30)
+    finally:
+        gw.stop()
+    assert second.returncode == 0, err2
+    ids1 = [json.loads(line)["id"] for line in out1.splitlines()]
+    ids2 = [json.loads(line)["id"] for line in out2.splitlines()]
+    stored = [e["id"] for e in read_job(redis.Redis.from_url(redis_server.url), "t2")]
+    assert len(ids1) == 200 and ids1 + ids2 == stored
+
+
+def test_exit_status_follows_the_job_and_usage_errors(redis_server: RedisServer, tmp_path: Path) -> None:
+    publish_slowly(redis_server.url, "ok-job", 3, "completed", pace_s=0)
+    publish_slowly(redis_server.url, "bad-job", 3, "failed", pace_s=0)
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        ok = tail(gw, "ok-job", "--color", "never")
+        failed = tail(gw, "bad-job", "--level", "info")
+        usage = tail(gw, "bad job id")
+        bad_level = tail(gw, "ok-job", "--level", "loud")
+        results = [p.communicate(timeout=30) for p in (ok, failed, usage, bad_level)]
+    finally:
+        gw.stop()
+    assert [p.returncode for p in (ok, failed, usage, bad_level)] == [0, 1, 2, 2]
+    lines = results[0][0].splitlines()
+    assert len(lines) == 4 and "INFO" in lines[0] and "s/w #1 line 0" in lines[0]
+    assert "invalid_job" in results[2][1] and "invalid_level" in results[3][1]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
+def test_sse_parser_handles_any_chunking(size: int) -> None:
+    raw = b"retry: 10\n\nid: 1\ndata: a\n\n: c\r\nid: 2\r\n\r\nevent: end\rid: 3\rdata: x\rdata: y\r\r"
+    parser = SSEParser()
+    got = [m for i in range(0, len(raw), size) for m in parser.feed(raw[i : i + size])]
+    assert [(m.event, m.data, m.id) for m in got] == [("message", "a", "1"), ("end", "x\ny", "3")]
+    assert parser.last_id == "3" and parser.retry_ms == 10
