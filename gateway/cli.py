@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .app import create_app
+from .demo import run_demo, steps_for
 from .redis_server import RedisServer, RedisServerError
 from .settings import GatewaySettings
 from .tail import Tail, TailOptions
@@ -32,6 +33,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--data-dir", help="embedded Redis data folder (LOGBROKER_DATA_DIR, default ./.logbroker)"
+    )
+    demo = sub.add_parser(
+        "demo", help="gateway + embedded Redis + the job-generator fleet, with a delivery report"
+    )
+    demo.add_argument("--host")
+    demo.add_argument("--port", type=int)
+    demo.add_argument("--redis-url", help="use this Redis instead of an embedded one")
+    demo.add_argument("--data-dir")
+    demo.add_argument("--workers", type=int, default=4, help="worker processes (default 4)")
+    demo.add_argument("--logs", type=float, default=1.0, help="scale every step's log count (default 1.0)")
+    demo.add_argument("--speed", type=float, default=1.0, help="divide every delay (default 1.0)")
+    demo.add_argument(
+        "--no-slow-step", action="store_true", help="skip slow_generator (2 x 300 logs, 500 ms apart)"
+    )
+    demo.add_argument(
+        "--fan-out", type=int, default=1000, help="entries per worker of the 301-worker step (0: skip)"
     )
     tail = sub.add_parser("tail", help="follow a job's log; resumes after drops and restarts")
     tail.add_argument("job")
@@ -83,9 +100,23 @@ def serve(settings: GatewaySettings) -> None:
             embedded.stop()
 
 
+def run_demo_command(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    if args.workers < 1 or args.logs <= 0 or args.speed <= 0 or args.fan_out < 0:
+        print(
+            "logbroker demo: --workers >= 1, --logs > 0, --speed > 0 and --fan-out >= 0 please",
+            file=sys.stderr,
+        )
+        return 2
+    steps = steps_for(args.logs, args.speed, not args.no_slow_step, args.fan_out)
+    try:
+        return asyncio.run(run_demo(settings, steps, args.workers))
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    level = logging.INFO if args.command == "serve" else logging.WARNING
+    level = logging.INFO if args.command == "serve" else logging.WARNING  # a demo prints its own report
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = settings_from(args)
@@ -97,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve(settings)
         elif args.command == "tail":
             return run_tail(args, settings)
+        elif args.command == "demo":
+            return run_demo_command(args, settings)
     except RedisServerError as e:
         print(f"logbroker: {e}", file=sys.stderr)
         return 1
