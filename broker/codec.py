@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
@@ -103,8 +103,8 @@ def pack_batch(items: list[bytes]) -> bytes:
 
 
 def ms_to_iso(ts_ms: int) -> str:
-    dt = datetime.fromtimestamp(ts_ms / 1000, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts_ms % 1000:03d}Z"
+    dt = _EPOCH + timedelta(milliseconds=ts_ms)
+    return f"{dt.year:04d}-{dt:%m-%dT%H:%M:%S}.{ts_ms % 1000:03d}Z"  # %Y does not pad years < 1000
 
 
 def iso_to_ms(text: str) -> int:

@@ -30,6 +30,7 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
 _STATUS_RE = re.compile(r"[A-Za-z0-9_.-]+")
 _INT64_MIN, _UINT64_MAX = -(2**63), 2**64 - 1
+_MIN_TS_MS, _MAX_TS_MS = -62_135_596_800_000, 253_402_300_799_999  # 0001-01-01 .. 9999-12-31
 # Names repeat endlessly (a worker logs thousands of lines): remember the ones already checked.
 _KNOWN_NAMES: set[str] = set()
 _KNOWN_NAMES_MAX = 50_000
@@ -235,6 +236,8 @@ def make_draft(
         checked_status = check_status(status)
     if ts_ms is None:
         ts_ms = time.time_ns() // 1_000_000
+    elif not isinstance(ts_ms, int) or isinstance(ts_ms, bool) or not _MIN_TS_MS <= ts_ms <= _MAX_TS_MS:
+        raise InvalidEntry("ts", f"must be milliseconds since 1970 within years 1..9999, got {ts_ms!r:.40}")
     return Draft(level, kind, text, s, w, p, checked_status, clean_fields, name, type_, ts_ms)
 
 

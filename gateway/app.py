@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import redis
 import redis.asyncio
@@ -22,6 +23,7 @@ from .settings import GatewaySettings
 from .stream import stream_job
 
 log = logging.getLogger(__name__)
+STATIC = Path(__file__).parent / "static"
 _CONNECT_ATTEMPTS = 5
 
 
@@ -43,6 +45,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     app.router.add_get("/v1/jobs/{job}/logs", replay.get_logs)
     app.router.add_post("/v1/jobs/{job}/logs", ingest.post_logs)
     app.router.add_get("/v1/jobs/{job}/stream", stream_job)
+    app.router.add_get("/", viewer)
+    app.router.add_static("/static/", STATIC, append_version=False)
     return app
 
 
@@ -82,6 +86,11 @@ async def _close_streams(app: web.Application) -> None:
     gw.closing.set()
     for sub in list(gw.subscribers):
         sub.stop()
+
+
+async def viewer(request: web.Request) -> web.FileResponse:
+    """The web log viewer: static HTML/JS, no build step."""
+    return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 async def healthz(request: web.Request) -> web.Response:

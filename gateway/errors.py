@@ -69,6 +69,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             503, "redis_unavailable", "Redis is not reachable; retry later", {"Retry-After": "1"}
         )
+    except redis.RedisError as e:  # a refusal (WRONGTYPE, OOM...): retrying as-is will not help
+        log.error("Redis refused %s %s: %s", request.method, request.path, e)
+        return error_response(500, "redis_error", f"Redis refused the operation: {type(e).__name__}")
     except CodecError as e:
         log.error("undecodable data for %s: %s", request.path, e)
         return error_response(500, "corrupt_entry", str(e))

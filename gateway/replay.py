@@ -77,7 +77,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     job = job_of(request)
     flt = filter_of(request.query)
     rng = _range_of(request.query)
-    ndjson = _wants_ndjson(request.headers.get("Accept", ""))
+    ndjson = _wants_ndjson(request.headers.get("Accept", ""), request.query.get("format"))
     limit = _limit_of(gw.settings, request.query, optional=ndjson)
     key, meta_key = gw.keyspace.job_keys(job)[:2]
     if not await gw.redis.exists(key, meta_key):
@@ -109,11 +109,16 @@ def _limit_of(settings: GatewaySettings, query: Mapping[str, str], *, optional: 
     return int_param(query, "limit", settings.replay_default_limit, 1, settings.replay_max_limit)
 
 
-def _wants_ndjson(accept: str) -> bool:
+def _wants_ndjson(accept: str, fmt: str | None) -> bool:
+    """``Accept: application/x-ndjson``, or ``?format=ndjson`` for a plain download link."""
+    if fmt is not None:
+        if fmt not in ("json", "ndjson"):
+            raise bad_request("invalid_parameter", f"format must be json or ndjson, got {fmt!r:.40}")
+        return fmt == "ndjson"
     for part in accept.split(","):
         media, *params = (p.strip().lower() for p in part.split(";"))
         if media == NDJSON:
-            return True or not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
+            return not any(p.replace(" ", "") in ("q=0", "q=0.0", "q=0.00", "q=0.000") for p in params)
     return False
 
 

@@ -393,3 +393,16 @@ def test_property_round_trip(
     assert "\n" not in text
     assert "\r" not in text
     assert json.loads(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("ts_ms", "text"),
+    [
+        (-62_135_596_800_000, "0001-01-01T00:00:00.000Z"),
+        (-1, "1969-12-31T23:59:59.999Z"),
+        (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+    ],
+)
+def test_timestamps_are_padded_iso_8601_at_the_edges(ts_ms: int, text: str) -> None:
+    assert ms_to_iso(ts_ms) == text
+    assert iso_to_ms(text) == ts_ms

@@ -435,3 +435,12 @@ def test_end_line_names_the_job() -> None:
     assert end_line("completed", "mgr-42", "Test Job Generator", "manager") == (
         'Job finished: completed (job: mgr-42 "Test Job Generator", type: manager)'
     )
+
+
+@pytest.mark.parametrize("ts_ms", [253_402_300_800_000, -62_135_596_800_001, 1.5, "now", True])
+def test_timestamps_outside_years_1_to_9999_are_refused(ts_ms: object) -> None:
+    from broker.entry import make_draft
+
+    with pytest.raises(InvalidEntry) as info:
+        make_draft("j", "m", level=20, kind=0, ts_ms=ts_ms, max_message_bytes=65536)  # type: ignore[arg-type]
+    assert info.value.field == "ts"

@@ -106,3 +106,16 @@ def test_create_app_needs_a_redis_url() -> None:
     assert isinstance(create_app(GatewaySettings(redis_url="redis://127.0.0.1:1/0")), web.Application)
     with pytest.raises(ValueError, match="AUTH_SECRET"):
         create_app(GatewaySettings(redis_url="redis://127.0.0.1:1/0", auth_secret="s3cret"))
+
+
+async def test_a_redis_refusal_is_a_json_500_not_a_crash(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    import redis as redis_lib
+
+    client = await make_gateway()
+    keys = client.app[GATEWAY].keyspace.job_keys("wrongtype")
+    redis_lib.Redis.from_url(redis_server.url).set(keys[1], "not a hash")  # someone else's key in our place
+    resp = await client.get("/v1/jobs/wrongtype")
+    assert resp.status == 500 and (await resp.json())["error"]["code"] == "redis_error"
+    assert (await client.get("/healthz")).status == 200

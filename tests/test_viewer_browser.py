@@ -1,0 +1,124 @@
+"""The web viewer in headless Chromium (Debian's package, driven by Playwright) against a real
+gateway process: live step panels, a gateway killed and restarted mid-job, exact badges, a
+bounded DOM under a flood. Skips with a reason where Chromium or Playwright is missing."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from broker import SyncPublisher
+from gateway.redis_server import RedisServer
+from tests.gateway_process import GatewayProcess
+from tests.helpers import read_meta
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)"),
+]
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+@pytest.fixture
+def page() -> Iterator[Any]:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser.close()
+
+
+def _run_job(
+    url: str, job: str, steps: list[str], per_worker: int, pace_s: float, started: threading.Event
+) -> None:
+    with SyncPublisher(url) as pub:
+        handle = pub.job(job, name="Viewer test", type="manager")
+        handle.status("running")
+        for name in steps:
+            step = handle.step(name)
+            step.status("running")
+            for i in range(per_worker):
+                for w in range(3):
+                    step.worker(f"{name}-w{w}").log("warning" if i % 7 == 0 else "info", f"{name} item {i}")
+                pub.flush()
+                started.set()
+                time.sleep(pace_s)
+            step.status("completed")
+        handle.end("completed")
+
+
+def _dom_lines(page: Any, step: str) -> list[int]:
+    selector = f'.step[data-step="{step}"] .line'
+    return [int(n) for n in page.eval_on_selector_all(selector, "els => els.map(e => e.dataset.line)")]
+
+
+def test_live_panels_survive_a_gateway_restart(page: Any, redis_server: RedisServer, tmp_path: Path) -> None:
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log", retry_ms=500).start()
+    steps = ["alpha", "beta", "gamma"]
+    started = threading.Event()
+    try:
+        page.goto(f"{gw.url}/#/jobs/vjob")
+        publisher = threading.Thread(
+            target=_run_job, args=(redis_server.url, "vjob", steps, 60, 0.03, started)
+        )
+        publisher.start()
+        page.wait_for_selector('.step[data-step="alpha"] .line', timeout=20_000)
+        assert publisher.is_alive(), "lines must appear while the job runs"
+        page.wait_for_selector('.step[data-step="beta"] .line', timeout=20_000)
+        gw.kill()
+        time.sleep(1.0)
+        gw.start()
+        publisher.join(60)
+        page.wait_for_function("document.getElementById('conn').textContent === 'ended'", timeout=30_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+    finally:
+        gw.stop()
+    meta = read_meta(redis.Redis.from_url(redis_server.url), "vjob")
+    for step in steps:
+        total = meta.steps[step].entries
+        assert _dom_lines(page, step) == list(range(1, total + 1)), f"{step}: duplicate or missing lines"
+        badge = page.text_content(f'.step[data-step="{step}"] .badge')
+        assert badge == str(total), f"{step}: badge {badge} != {total}"
+        assert page.text_content(f'.step[data-step="{step}"] .step-status') == "completed"
+    panels = page.eval_on_selector_all(".step", "els => els.map(e => e.dataset.step)")
+    assert panels == ["", *steps], "one panel per step in the order the steps started (job level first)"
+
+
+def test_flood_keeps_the_dom_bounded_and_the_page_responsive(
+    page: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        page.goto(f"{gw.url}/#/jobs/flood")
+        started = threading.Event()
+        publisher = threading.Thread(
+            target=_run_job, args=(redis_server.url, "flood", ["bulk"], 6000, 0, started)
+        )
+        publisher.start()
+        worst = 0.0
+        while publisher.is_alive():
+            t0 = time.monotonic()
+            count = page.eval_on_selector_all('.step[data-step="bulk"] .line', "els => els.length")
+            worst = max(worst, time.monotonic() - t0)
+            assert count <= 500
+            time.sleep(0.1)
+        page.wait_for_function("document.getElementById('conn').textContent === 'ended'", timeout=60_000)
+        assert page.text_content('.step[data-step="bulk"] .badge') == str(18_000 + 2)
+        assert _dom_lines(page, "bulk") == list(range(18_002 - 499, 18_003))
+        assert worst < 2.0, f"the page stopped answering for {worst:.1f}s"
+        page.click('.step[data-step="bulk"] .earlier')
+        page.wait_for_function("document.querySelectorAll('.step[data-step=\"bulk\"] .line').length === 1000")
+        assert _dom_lines(page, "bulk") == list(range(18_002 - 999, 18_003))
+    finally:
+        gw.stop()
