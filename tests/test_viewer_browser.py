@@ -4,6 +4,7 @@ bounded DOM under a flood. Skips with a reason where Chromium or Playwright is m
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 import time
@@ -82,9 +83,13 @@ def test_live_panels_survive_a_gateway_restart(page: Any, redis_server: RedisSer
         page.wait_for_function("document.getElementById('conn').textContent === 'ended'", timeout=30_000)
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
+        link = page.get_attribute('.step[data-step="beta"] .download', "href")
+        download = page.evaluate("async (href) => (await fetch(href)).text()", link)
     finally:
         gw.stop()
     meta = read_meta(redis.Redis.from_url(redis_server.url), "vjob")
+    beta = [json.loads(line) for line in download.splitlines()]
+    assert [e["line"] for e in beta if e["step"] == "beta"] == list(range(1, meta.steps["beta"].entries + 1))
     for step in steps:
         total = meta.steps[step].entries
         assert _dom_lines(page, step) == list(range(1, total + 1)), f"{step}: duplicate or missing lines"
@@ -93,6 +98,25 @@ def test_live_panels_survive_a_gateway_restart(page: Any, redis_server: RedisSer
         assert page.text_content(f'.step[data-step="{step}"] .step-status') == "completed"
     panels = page.eval_on_selector_all(".step", "els => els.map(e => e.dataset.step)")
     assert panels == ["", *steps], "one panel per step in the order the steps started (job level first)"
+    _check_filters(page, "beta")
+
+
+def _visible(page: Any, step: str) -> list[tuple[str, str]]:
+    script = "els => els.filter(e => e.offsetParent !== null).map(e => [e.dataset.worker, e.className])"
+    return [tuple(x) for x in page.eval_on_selector_all(f'.step[data-step="{step}"] .line', script)]
+
+
+def _check_filters(page: Any, step: str) -> None:
+    panel = f'.step[data-step="{step}"]'
+    page.uncheck(f'{panel} .lv[value="info"]')
+    shown = _visible(page, step)
+    assert shown and all("warning" in cls for _, cls in shown), "only warnings remain with info unchecked"
+    page.check(f'{panel} .lv[value="info"]')
+    page.select_option(f"{panel} .worker-filter", f"{step}-w1")
+    assert {w for w, _ in _visible(page, step)} == {f"{step}-w1"}
+    page.select_option(f"{panel} .worker-filter", "")
+    href = page.get_attribute(f"{panel} .download", "href")
+    assert href is not None and "format=ndjson" in href and f"step={step}" in href
 
 
 def test_flood_keeps_the_dom_bounded_and_the_page_responsive(
