@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import PublisherConfig
-from .constants import KINDS, LEVELS
+from .constants import KINDS, LEVELS, META_SEP
 from .delivery import Backoff, Outcome, is_retryable
 from .entry import kind_number, level_number
 from .errors import PublisherClosed
@@ -49,13 +49,18 @@ class PublisherCore:
 
     def __init__(self, config: PublisherConfig | None) -> None:
         self.config = config or PublisherConfig()
+        self._pid = os.getpid()
         self._reset()
         self._closed = False
         _LIVE.add(self)
 
     def _reset(self) -> None:
+        forked = self._pid != os.getpid()
         self._pid = os.getpid()
-        self.src = self.config.src or default_src()
+        # a fixed src belongs to one process: a forked child numbers its entries under its own
+        self.src = self.config.src and (f"{self.config.src}:{self._pid}" if forked else self.config.src)
+        self.src = self.src or default_src()
+        self._resumed: set[str] = set()
         self._outbox = Outbox(self.config, self.src)
         self._backoff = Backoff()
         self._connected = False
@@ -120,6 +125,19 @@ class PublisherCore:
     def _write_failed(self, batches: Sequence[Batch], error: BaseException) -> float | None:
         """The whole round trip failed (connection lost, timeout...): same as every batch failing."""
         return self._settle(batches, [error] * len(batches))
+
+    def _needs_resume(self, job: str) -> bool:
+        return self.config.src is not None and job not in self._resumed
+
+    def _resume_field(self, job: str) -> tuple[str, str]:
+        """(meta key, field) holding the last seq stored for this publisher's src in ``job``."""
+        return self.config.keyspace.meta(job), f"p{META_SEP}{self.src}{META_SEP}seq"
+
+    def _resumed_at(self, job: str, raw: object) -> int:
+        last = int(raw) if isinstance(raw, bytes | str | int) else 0
+        self._outbox.resume(job, last)
+        self._resumed.add(job)
+        return last
 
     def _failed(self, error: BaseException | None) -> float:
         """Record a failed round trip; returns how long to wait before the next one."""

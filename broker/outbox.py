@@ -138,6 +138,13 @@ class Outbox:
             self._append(q, item)
             return Offer.QUEUED
 
+    def resume(self, job: str, last_stored_seq: int) -> None:
+        """Continue this src's numbering after what Redis already holds (a restarted publisher
+        with a fixed ``src``), so its new entries are not mistaken for retries."""
+        with self.lock:
+            q = self._queues.get(job) or self._new_queue(job)
+            q.next_seq = max(q.next_seq, last_stored_seq + 1)
+
     def _new_queue(self, job: str) -> _JobQueue:
         check_job_id(job)
         q = _JobQueue(job, self._keyspace.job_keys(job))

@@ -115,6 +115,8 @@ class Publisher(PublisherCore):
     ) -> None:
         """Queue one entry. With ``overflow="block"`` a full buffer makes this wait: nothing is lost."""
         wake = self._ensure_sender()
+        if self._needs_resume(job):
+            await self.resume(job)
         while True:
             offer = self._offer(
                 job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type, ts_ms
@@ -128,6 +130,15 @@ class Publisher(PublisherCore):
         wake.set()
         if self._outbox.has_full_batch(job):
             await asyncio.sleep(0)  # let the sender take it instead of growing the buffer
+
+    async def resume(self, job: str) -> int:
+        """The last seq Redis holds for this publisher's src in ``job``; numbering continues after it.
+
+        Done automatically on first use of a job when ``PublisherConfig.src`` is fixed, which is
+        what makes a restarted worker (same src) neither lose nor duplicate: it asks where it is.
+        """
+        key, field = self._resume_field(job)
+        return self._resumed_at(job, await self._redis().hget(key, field))
 
     async def _run(self) -> None:
         assert self._wake is not None and self._progress is not None

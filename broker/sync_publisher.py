@@ -110,6 +110,8 @@ class SyncPublisher(PublisherCore):
         """Queue one entry; with ``overflow="block"`` a full buffer makes the calling thread wait."""
         if self._thread is None:
             self._ensure_sender()
+        if self._needs_resume(job):
+            self.resume(job)
         while True:
             offer = self._offer(
                 job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type, ts_ms
@@ -121,6 +123,12 @@ class SyncPublisher(PublisherCore):
                 self._progress.wait(0.05)  # woken by the sender after each write
         if not self._wake.is_set():
             self._wake.set()
+
+    def resume(self, job: str) -> int:
+        """The last seq Redis holds for this publisher's src in ``job``; numbering continues after it
+        (automatic on first use of a job when ``PublisherConfig.src`` is fixed)."""
+        key, field = self._resume_field(job)
+        return self._resumed_at(job, self._redis().hget(key, field))
 
     def _run(self) -> None:
         timeout: float | None = None

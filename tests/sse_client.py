@@ -59,7 +59,7 @@ def _feed(out: Parsed, decoder: SSEDecoder, line: str) -> Event | None:
 
 
 def follow(
-    base_url: str,
+    base_url: str | list[str],
     job: str,
     *,
     query: str = "",
@@ -71,16 +71,21 @@ def follow(
 ) -> tuple[list[Event], int]:
     """Read a job's stream until its end event, reconnecting after errors or on purpose every
     ``disconnect_every`` events. Slow readers sleep ``delay_s`` after each of their first
-    ``delay_for`` events. Returns the dispatched events and the number of connections made."""
+    ``delay_for`` events. Several base URLs are tried in turn after an error (gateways behind a
+    balancer). Returns the dispatched events and the number of connections made."""
+    bases = [base_url] if isinstance(base_url, str) else base_url
     got: list[Event] = []
-    connections = 0
+    connections = failures = 0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         connections += 1
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
             with httpx.stream(
-                "GET", f"{base_url}/v1/jobs/{job}/stream?{query}", headers=headers, timeout=30
+                "GET",
+                f"{bases[failures % len(bases)]}/v1/jobs/{job}/stream?{query}",
+                headers=headers,
+                timeout=30,
             ) as r:
                 if r.status_code == 204:
                     return got, connections
@@ -99,6 +104,9 @@ def follow(
                             time.sleep(delay_s)
                         if disconnect_every and len(got) % disconnect_every == 0:
                             raise ConnectionAbortedError("disconnecting on purpose")
-        except (httpx.HTTPError, ConnectionAbortedError):
+        except httpx.HTTPError:
+            failures += 1  # try the next gateway
+            time.sleep(0.05)
+        except ConnectionAbortedError:
             time.sleep(0.05)
     raise TimeoutError(f"no end event for {job} within {timeout_s}s ({len(got)} events)")
