@@ -203,4 +203,8 @@ if ttl > 0 then
   redis.call('EXPIRE', meta, ttl)
 end
 redis.call('ZADD', index, now, job)
+if idle_ttl > 0 then
+  -- index cleanup: a job idle for longer than the idle TTL has expired with it
+  redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - idle_ttl * 1000))
+end
 return {dups, ids}

@@ -1,0 +1,67 @@
+"""Retention (DESIGN §3): per-job cap, TTL after the end, idle TTL, index cleanup, gap events."""
+
+from __future__ import annotations
+
+import time
+
+import redis
+
+from broker import Keyspace, PublisherConfig, SyncPublisher
+from gateway.redis_server import RedisServer
+from tests.conftest import MakeGateway
+from tests.sse_client import parse
+
+
+def test_stream_cap_trims_old_entries_but_counts_stay_exact(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    config = PublisherConfig(stream_maxlen=1000, max_batch_entries=100)
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        for i in range(5000):
+            pub.job("capped").step("s").info(f"e{i}")
+    key = Keyspace().stream("capped")
+    assert 1000 <= redis_client.xlen(key) < 1200, "MAXLEN ~ keeps about the cap"
+    meta = redis_client.hgetall(Keyspace().meta("capped"))
+    assert int(meta[b"n"]) == 5000, "meta counts what was written, not what is retained"
+
+
+def test_ttl_idle_then_ended_and_index_cleanup(redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    ks = Keyspace()
+    config = PublisherConfig(idle_ttl_s=1000, ended_ttl_s=50)
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        pub.job("ttl").info("running")
+        assert pub.flush().ok
+        assert 990 <= redis_client.ttl(ks.stream("ttl")) <= 1000
+        assert 990 <= redis_client.ttl(ks.meta("ttl")) <= 1000
+        pub.job("ttl").end("completed")
+        assert pub.flush().ok
+        assert 40 <= redis_client.ttl(ks.stream("ttl")) <= 50 and 40 <= redis_client.ttl(ks.meta("ttl")) <= 50
+        pub.job("ttl").info("a late line keeps the ended TTL, not the idle one")
+    assert redis_client.ttl(ks.meta("ttl")) <= 50
+    index = ks.index(ks.partition("ttl"))
+    redis_client.zadd(index, {"long-gone": time.time() * 1000 - 2_000_000})  # idle for longer than 1000 s
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        pub.job("ttl").info("any write to the partition cleans its index")
+    assert redis_client.zscore(index, "long-gone") is None and redis_client.zscore(index, "ttl") is not None
+
+
+async def test_a_cursor_older_than_retention_gets_a_gap_event(
+    make_gateway: MakeGateway, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    config = PublisherConfig(stream_maxlen=200, max_batch_entries=50)
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        job = pub.job("old")
+        job.info("the very first entry")
+        assert pub.flush().ok
+        first = redis_client.xrange(Keyspace().stream("old"), count=1)[0][0].decode()
+        for i in range(3000):
+            job.step("s").info(f"e{i}")
+        job.end("completed")
+    client = await make_gateway()
+    body = await (await client.get("/v1/jobs/old/stream", headers={"Last-Event-ID": first})).read()
+    events = parse(body).events
+    oldest = redis_client.xrange(Keyspace().stream("old"), count=1)[0][0].decode()
+    assert events[0].event == "gap" and events[0].json() == {
+        "after": first, "first_available": oldest, "reason": "trimmed"
+    }  # fmt: skip
+    assert events[1].id == oldest and events[-1].event == "end"
