@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,7 +27,6 @@ class Gateway:
     metrics: Metrics
     keyspace: Keyspace
     subscribers: set[Subscriber] = field(default_factory=set)
-    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 GATEWAY = web.AppKey("gateway", Gateway)

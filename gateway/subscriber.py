@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 
+import redis
 from aiohttp import web
 
 from . import sse
@@ -84,11 +85,17 @@ class Subscriber:
     async def _page(self) -> list[Item]:
         """Entries after the cursor straight from Redis, for a client behind the ring."""
         gw = self.gw
-        self.gw.metrics.pages.inc()
-        raw = await xrange(
-            gw.redis, self.feed.key, "(" + format_id(self.cursor), count=gw.settings.page_entries
-        )
-        first_available = await trimmed_since(gw, self.feed.job, self.cursor)
+        gw.metrics.pages.inc()
+        try:
+            raw = await xrange(
+                gw.redis, self.feed.key, "(" + format_id(self.cursor), count=gw.settings.page_entries
+            )
+            first_available = await trimmed_since(gw, self.feed.job, self.cursor)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            # Redis away: keep the client (heartbeats continue while idle) and try again later
+            log.info("paging %s from Redis failed (%s); the client waits", self.feed.job, type(e).__name__)
+            await asyncio.sleep(0.5)
+            return []
         if first_available is not None:
             frame, self.cursor = gap_frame(self.cursor, first_available)
             await self.write(frame, None)
