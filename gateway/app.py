@@ -10,11 +10,13 @@ from pathlib import Path
 import redis
 import redis.asyncio
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from broker.delivery import call_async
 from broker.script import WRITE_BATCH_LUA
 
-from . import ingest, jobs, replay
+from . import cors, ingest, jobs, replay
+from .auth import auth_middleware
 from .context import GATEWAY, Gateway
 from .errors import error_middleware, error_response
 from .fanout import Fanout
@@ -32,9 +34,8 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     url = redis_url or settings.redis_url
     if url is None:
         raise ValueError("no Redis URL: set LOGBROKER_REDIS_URL, or use `logbroker serve` (embedded Redis)")
-    if settings.auth_secret is not None:  # never pretend to protect what is open
-        raise ValueError("LOGBROKER_AUTH_SECRET is set but job-scoped auth is not implemented yet: unset it")
-    app = web.Application(middlewares=[error_middleware], client_max_size=settings.max_body_bytes)
+    app = web.Application(middlewares=_middlewares(settings), client_max_size=settings.max_body_bytes)
+    cors.install(app, settings.cors_origins)
     app.cleanup_ctx.append(_lifecycle(settings, url))
     app.on_shutdown.append(_close_streams)
     app.router.add_get("/healthz", healthz)
@@ -48,6 +49,17 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     app.router.add_get("/", viewer)
     app.router.add_static("/static/", STATIC, append_version=False)
     return app
+
+
+def _middlewares(settings: GatewaySettings) -> list[Middleware]:
+    """Errors outermost, so that CORS refusals and 401/403 answers are JSON like any other error;
+    the CORS preflight before auth, because a preflight never carries a token."""
+    chain: list[Middleware] = [error_middleware]
+    if settings.cors_origins:
+        chain.append(cors.preflight_middleware(settings.cors_origins))
+    if settings.auth_secret is not None:
+        chain.append(auth_middleware(settings.auth_secret.get_secret_value(), settings.auth_leeway_s))
+    return chain
 
 
 def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-def]

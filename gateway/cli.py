@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from .app import create_app
+from .auth import RedactingAccessLogger, mint_token
 from .demo import run_demo, steps_for
 from .redis_server import RedisServer, RedisServerError
 from .settings import GatewaySettings
@@ -61,7 +63,35 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="print entries as JSON lines")
     tail.add_argument("--cursor-file", type=Path, help="resume from (and keep) the cursor in this file")
     tail.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    tail.add_argument("--token", help="a read token when the gateway requires auth (or LOGBROKER_TOKEN)")
+    _token_parser(sub)
     return parser
+
+
+def _token_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = sub.add_parser("token", help="print a job-scoped token signed with LOGBROKER_AUTH_SECRET")
+    token.add_argument("--jobs", required=True, metavar="PATTERN", help="job-id glob (* and ?): mgr-*, *")
+    token.add_argument(
+        "--scope", default="read", help="read, publish, metrics; comma-separated (default read)"
+    )
+    token.add_argument("--ttl", type=int, default=3600, help="seconds until it expires (default 3600)")
+    token.add_argument("--sub", help="whom it is for (the sub claim)")
+
+
+def run_token(args: argparse.Namespace, settings: GatewaySettings) -> int:
+    """Mint a token for an operator; exit 2 without a secret or with a claim the gateway would refuse."""
+    if settings.auth_secret is None:
+        print("logbroker token: set LOGBROKER_AUTH_SECRET (the gateways' secret) first", file=sys.stderr)
+        return 2
+    scopes = args.scope.replace(",", " ").split()
+    try:
+        secret = settings.auth_secret.get_secret_value()
+        token = mint_token(secret, jobs=args.jobs, scopes=scopes, ttl_s=args.ttl, sub=args.sub)
+    except ValueError as e:
+        print(f"logbroker token: {e}", file=sys.stderr)
+        return 2
+    print(token)
+    return 0
 
 
 def run_tail(args: argparse.Namespace, settings: GatewaySettings) -> int:
@@ -70,6 +100,7 @@ def run_tail(args: argparse.Namespace, settings: GatewaySettings) -> int:
     options = TailOptions(
         base_url=base_url, job=args.job, after=args.after, tail=args.tail, step=args.step, worker=args.worker,
         level=args.level, as_json=args.json, cursor_file=args.cursor_file, color=color,
+        token=args.token or os.environ.get("LOGBROKER_TOKEN"),
     )  # fmt: skip
     try:
         return asyncio.run(Tail(options).run())
@@ -94,7 +125,10 @@ def serve(settings: GatewaySettings) -> None:
     try:
         app = create_app(settings, redis_url=url)
         print(f"logbroker gateway on http://{settings.host}:{settings.port}/ (Redis {url})", flush=True)
-        web.run_app(app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5)
+        web.run_app(
+            app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5,
+            access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log
+        )  # fmt: skip
     finally:
         if embedded is not None:
             embedded.stop()
@@ -130,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tail(args, settings)
         elif args.command == "demo":
             return run_demo_command(args, settings)
+        elif args.command == "token":
+            return run_token(args, settings)
     except RedisServerError as e:
         print(f"logbroker: {e}", file=sys.stderr)
         return 1

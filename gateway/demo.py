@@ -19,6 +19,7 @@ from broker import Publisher
 from broker.delivery import Backoff
 
 from .app import create_app
+from .auth import mint_token
 from .redis_server import RedisServer
 from .settings import GatewaySettings
 from .sse_reader import SSEParser
@@ -35,7 +36,7 @@ class FollowerReport:
     lines: dict[str | None, int] = field(default_factory=lambda: defaultdict(int))
 
 
-async def follow(base_url: str, job: str, report: FollowerReport) -> None:
+async def follow(base_url: str, job: str, report: FollowerReport, token: str | None = None) -> None:
     """Read the job's stream to its end event, resuming by Last-Event-ID after any error."""
     seen: set[str] = set()
     last_id = ""
@@ -45,6 +46,8 @@ async def follow(base_url: str, job: str, report: FollowerReport) -> None:
             report.connections += 1
             try:
                 headers = {"Last-Event-ID": last_id} if last_id else {}
+                if token:
+                    headers["Authorization"] = f"Bearer {token}"
                 async with http.get(f"{base_url}/v1/jobs/{job}/stream", headers=headers) as resp:
                     parser = SSEParser()
                     async for chunk in resp.content.iter_any():
@@ -81,7 +84,9 @@ async def run_demo(settings: GatewaySettings, steps: list[StepSpec], processes: 
             f"logbroker demo: watch job {job} at {base}/ (or: logbroker tail {job} --url {base})", flush=True
         )
         report = FollowerReport()
-        follower = asyncio.create_task(follow(base, job, report))
+        secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
+        token = mint_token(secret, jobs=job, scopes=["read"], ttl_s=86400) if secret else None
+        follower = asyncio.create_task(follow(base, job, report, token))
         published, not_stored = await _publish(url, job, steps, processes)
         await asyncio.wait_for(follower, 120)
         return _report(job, steps, published, not_stored, report)

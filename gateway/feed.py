@@ -84,15 +84,22 @@ class Filter:
 _NO_FILTER = Filter()
 
 
-def frames(
-    items: Sequence[Item], flt: Filter, max_bytes: int = 1 << 62
-) -> tuple[bytes, StreamId | None, bool]:
-    """The bytes for a run of items: one write, many events. Returns (blob, new cursor, ended).
+class Frames(NamedTuple):
+    blob: bytes
+    cursor: StreamId | None  # the last entry covered (sent or filtered out)
+    ended: bool
+    events: int  # events in ``blob``
+
+
+def frames(items: Sequence[Item], flt: Filter, max_bytes: int = 1 << 62) -> Frames:
+    """The bytes for a run of items: one write, many events.
 
     At most about ``max_bytes`` per write (the rest goes in the next one), so a slow client never
     holds more than one such blob. Filtered-out items cost nothing except, when the run ends
     with them, one id-only event so that the client's Last-Event-ID still moves past them.
     """
+    if not flt.active:
+        return _unfiltered(items, max_bytes)
     parts: list[bytes] = []
     size = 0
     cursor: StreamId | None = None
@@ -106,12 +113,29 @@ def frames(
             size += len(item.frame)
             skipped = False
             if item.kind == KIND_END:
-                return b"".join(parts), cursor, True
+                return Frames(b"".join(parts), cursor, True, len(parts))
         else:
             skipped = True
+    count = len(parts)
     if skipped and cursor is not None:
         parts.append(sse.id_only(format_id(cursor)))
-    return b"".join(parts), cursor, False
+    return Frames(b"".join(parts), cursor, False, count)
+
+
+def _unfiltered(items: Sequence[Item], max_bytes: int) -> Frames:
+    """The common case, kept lean: it runs per client per write."""
+    n = size = corrupt = 0
+    for item in items:
+        n += 1
+        size += len(item.frame)
+        if item.kind < 0:
+            corrupt += 1  # its frame is id-only: it moves the cursor, it is not an event
+        elif item.kind == KIND_END or size >= max_bytes:
+            break
+    chunk = items[:n]
+    if not chunk:
+        return Frames(b"", None, False, 0)
+    return Frames(b"".join([i.frame for i in chunk]), chunk[-1].sid, chunk[-1].kind == KIND_END, n - corrupt)
 
 
 class JobFeed:
@@ -170,11 +194,13 @@ class JobFeed:
             del self._sids[: self._head]
             self._head = 0
 
-    def after(self, cursor: StreamId) -> list[Item] | None:
-        """Items after ``cursor``; ``None`` when the cursor is behind the ring (page from Redis)."""
+    def after(self, cursor: StreamId, limit: int = 1024) -> list[Item] | None:
+        """Up to ``limit`` items after ``cursor``; ``None`` when the cursor is behind the ring
+        (page from Redis). Bounded, so a client far behind holds a small slice, not the ring."""
         if cursor < self.base:
             return None
-        return self._items[bisect_right(self._sids, cursor, lo=self._head) :]
+        start = bisect_right(self._sids, cursor, lo=self._head)
+        return self._items[start : start + limit]
 
 
 def gap_frame(after: StreamId, first_available: StreamId) -> tuple[bytes, StreamId]:

@@ -20,6 +20,7 @@ from broker.entry import check_job_id, check_status
 from broker.errors import InvalidEntry
 from broker.meta import JobMeta, StepMeta, parse_meta
 
+from .auth import AUTH, Grant
 from .context import GATEWAY, Gateway
 from .errors import bad_request, not_found
 from .ids import from_redis
@@ -37,24 +38,28 @@ Position = tuple[int, str]  # (score, job): the index order, compared descending
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    """Jobs by last activity, newest first: ``limit``, ``cursor``, ``status``."""
+    """Jobs by last activity, newest first: ``limit``, ``cursor``, ``status``. With auth on, only the
+    jobs the token's pattern covers: others are skipped like a status filter skips, so paging works."""
     gw = request.app[GATEWAY]
+    grant: Grant | None = request.get(AUTH)
+    only = None if grant is None or grant.all_jobs else grant
     limit = int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     cursor = _cursor_of(request.query.get("cursor"))
     status = _status_of(request.query.get("status"))
     found: list[dict[str, Any]] = []
     for _ in range(_MAX_ROUNDS):
         want = limit - len(found)
-        fetch = want if status is None else max(want, _MIN_FETCH)
+        fetch = want if status is None and only is None else max(want, _MIN_FETCH)
         candidates, exhausted = await _candidates(gw, cursor, fetch)
-        metas = await _metas(gw, candidates)
-        for position, meta in zip(candidates, metas, strict=True):
-            cursor = position
+        visible = candidates if only is None else [p for p in candidates if only.covers(p[1])]
+        metas = await _metas(gw, visible)
+        for position, meta in zip(visible, metas, strict=True):
             if meta is not None and (status is None or meta.status == status):
                 found.append(_summary(meta))
                 if len(found) == limit:
-                    more = not exhausted or position != candidates[-1]
+                    more = not exhausted or position != visible[-1]
                     return _page(found, position if more else None)
+        cursor = candidates[-1] if candidates else cursor
         if exhausted:
             return _page(found, None)
     return _page(found, cursor)

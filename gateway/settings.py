@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broker.constants import (
     DEFAULT_ENDED_TTL_S,
@@ -18,16 +19,24 @@ from broker.constants import (
 from broker.keys import Keyspace
 from broker.script import Retention
 
+from .auth import MIN_SECRET_BYTES
+from .cors import check_origin
+
 
 class GatewaySettings(BaseSettings):
     """Every value is validated at start-up; a bad one stops the gateway with a clear message."""
 
-    model_config = SettingsConfigDict(env_prefix="LOGBROKER_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused LOGBROKER_AUTH_SECRET (or a Redis URL password) is never echoed
+    model_config = SettingsConfigDict(
+        env_prefix="LOGBROKER_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     redis_url: str | None = None  # unset: embedded redis-server (logbroker serve)
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
-    auth_secret: SecretStr | None = None
+    auth_secret: SecretStr | None = None  # set: job-scoped JWT auth (gateway/auth.py)
+    auth_leeway_s: float = Field(10.0, ge=0, le=300)  # clock skew allowed on a token's exp
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated; empty: no CORS headers
     data_dir: Path = Path(".logbroker")
     key_prefix: str = DEFAULT_KEY_PREFIX
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=16384)
@@ -59,6 +68,22 @@ class GatewaySettings(BaseSettings):
     @classmethod
     def _prefix(cls, value: str) -> str:
         Keyspace(value, 1)
+        return value
+
+    @field_validator("auth_secret")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value().encode()) < MIN_SECRET_BYTES:
+            raise ValueError(f"LOGBROKER_AUTH_SECRET must be at least {MIN_SECRET_BYTES} bytes (HS256 key)")
+        return value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            return tuple(check_origin(str(origin)) for origin in value)
         return value
 
     @field_validator("redis_url")

@@ -41,8 +41,8 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         try:
             await sub.write(sse.retry(gw.settings.retry_ms), None)
             if initial:
-                blob, last, ended = frames(initial, flt)  # at most replay_max_limit entries, once
-                await sub.write(blob, last)
+                blob, last, ended, count = frames(initial, flt)  # at most replay_max_limit entries, once
+                await sub.write(blob, last, count)
                 if ended:
                     return resp
             else:

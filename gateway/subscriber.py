@@ -62,9 +62,7 @@ class Subscriber:
                 if not items:
                     await self._idle(waiter)
                     continue
-                blob, cursor, ended = frames(items, self.filter, self.gw.settings.write_chunk_bytes)
-                await self.write(blob, cursor)
-                if ended:
+                if await self._send(items):
                     return
         except ClientGone:
             return
@@ -103,12 +101,24 @@ class Subscriber:
             return self.feed.after(self.feed.base) or []
         return [make_item(self.feed.job, i, f) for i, f in raw]
 
-    async def write(self, blob: bytes, cursor: StreamId | None) -> None:
+    async def _send(self, items: list[Item]) -> bool:
+        """Write what is due in one go; True once the end event is out."""
+        blob, cursor, ended, count = frames(items, self.filter, self.gw.settings.write_chunk_bytes)
+        del items  # only the blob, not the ring slice, waits on a slow client
+        await self.write(blob, cursor, count)
+        return ended
+
+    async def write(self, blob: bytes, cursor: StreamId | None, count: int = 0) -> None:
+        """Write, then wait until the transport has drained below its limit (``write_buffer_bytes``):
+        the client's reading speed sets the pace, and a slow client holds one chunk at most."""
         if not blob:
             return
+        size = len(blob)
         try:
             async with asyncio.timeout(self.gw.settings.write_timeout_s):
                 await self.resp.write(blob)
+                del blob  # the transport has its own copy; do not hold a second one while waiting
+                await self._drain()
         except TimeoutError:
             self.gw.metrics.reaped.inc()
             log.info(
@@ -122,13 +132,18 @@ class Subscriber:
         except (ConnectionError, RuntimeError) as e:  # reset by peer, or transport already closed
             raise ClientGone from e
         metrics = self.gw.metrics
-        metrics.bytes_sent.inc(len(blob))
+        metrics.bytes_sent.inc(size)
         if cursor is not None:
-            count = blob.count(b"\ndata: ") + blob.startswith(b"data: ")
             metrics.entries_sent.inc(count)
             self.sent += count
             self.cursor = cursor
             metrics.client_lag.observe(max(0.0, time.time() - cursor[0] / 1000))
+
+    async def _drain(self) -> None:
+        # aiohttp's own write() only drains past 64 KiB of its counter; ask the writer directly
+        writer = self.resp._payload_writer
+        if writer is not None:
+            await writer.drain()
 
 
 async def trimmed_since(gw: Gateway, job: str, cursor: StreamId) -> StreamId | None:

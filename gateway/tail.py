@@ -45,6 +45,7 @@ class TailOptions:
     as_json: bool = False
     cursor_file: Path | None = None
     color: bool = False
+    token: str | None = None  # sent as a Bearer token when the gateways require auth
 
 
 class UsageError(Exception):
@@ -108,6 +109,8 @@ class Tail:
 
     async def _connect(self, http: aiohttp.ClientSession) -> None:
         headers = {"Last-Event-ID": self.cursor} if self.cursor else {}
+        if self.o.token:
+            headers["Authorization"] = f"Bearer {self.o.token}"
         url = f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}/stream"
         async with http.get(url, params=self._params(), headers=headers) as resp:
             if resp.status == 204:  # we are past the end already
@@ -141,7 +144,10 @@ class Tail:
             self.final_status = entry.get("status") or "unknown"
 
     async def _job_status(self, http: aiohttp.ClientSession) -> str:
-        async with http.get(f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}") as resp:
+        headers = {"Authorization": f"Bearer {self.o.token}"} if self.o.token else {}
+        async with http.get(
+            f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}", headers=headers
+        ) as resp:
             if resp.status != 200:
                 return "unknown"
             return str((await resp.json()).get("status") or "unknown")

@@ -1,6 +1,6 @@
-"""The publish benchmark must keep running: a tiny ``--smoke`` run, its JSON contract and its check.
+"""The benchmarks must keep running: tiny ``--smoke`` runs, their JSON contracts and their checks.
 
-It runs as a subprocess exactly as a person would run it, so a broken import, a lost entry or a
+Each runs as a subprocess exactly as a person would run it, so a broken import, a lost entry or a
 changed output shape is caught here rather than the next time someone wants numbers.
 """
 
@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,50 @@ def test_reference_is_null_only_without_redis_benchmark(result: dict[str, object
     for key in ("ratio_1proc_vs_redis_benchmark", "ratio_2proc_vs_redis_benchmark"):
         ratio = result[key]
         assert isinstance(ratio, float) and ratio > 0, key
+
+
+FANOUT_SCRIPT = ROOT / "benchmarks" / "fanout.py"
+FANOUT_KEYS = ("date", "machine", "settings", "throughput", "latency", "slow_clients", "goals", "exact")
+FANOUT_GOALS = ("deliveries_per_s>=1000000", "p99_ms<=50", "kib_per_slow_client<=64")
+
+
+@pytest.fixture(scope="module")
+def fanout_result() -> dict[str, Any]:
+    """One ``--smoke`` run of the fan-out benchmark (its own redis-server and gateway processes)."""
+    proc = subprocess.run(
+        [sys.executable, str(FANOUT_SCRIPT), "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=180
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    parsed: dict[str, Any] = json.loads(proc.stdout)
+    return parsed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)  # the fixture's run may take up to 180 s
+def test_fanout_smoke_run_has_the_documented_shape(fanout_result: dict[str, Any]) -> None:
+    """The keys benchmarks/README.md documents, in every part of the result."""
+    assert set(FANOUT_KEYS) <= fanout_result.keys()
+    assert {"nproc", "cpu_model", "python", "redis_version"} <= fanout_result["machine"].keys()
+    assert set(FANOUT_GOALS) <= fanout_result["goals"].keys()
+    assert all(isinstance(v, bool) for v in fanout_result["goals"].values())
+    assert {"p50_ms", "p99_ms", "max_ms"} <= fanout_result["latency"].keys()
+    slow = fanout_result["slow_clients"]
+    rss = ("before_clients", "with_idle_clients", "with_stalled_clients")
+    assert {f"rss_{name}_kib" for name in rss} <= slow.keys()
+    assert {"growth_per_slow_client_kib", "growth_per_slow_client_vs_idle_kib"} <= slow.keys()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)  # the fixture's run may take up to 180 s
+def test_fanout_smoke_run_was_exact_and_measured_something(fanout_result: dict[str, Any]) -> None:
+    """Every client got every event once, and the slow clients really were stalled when measured."""
+    rate, latency, slow = (fanout_result[k] for k in ("throughput", "latency", "slow_clients"))
+    assert fanout_result["exact"] is True
+    assert rate["exact"] is True and latency["exact"] is True and slow["exact"] is True
+    assert rate["min_events"] == rate["max_events"] == rate["events_per_client"]
+    assert rate["deliveries_per_s"] > 0 and rate["gateway_cpu_s"] >= 0
+    assert latency["achieved_rate_eps"] > 0
+    assert latency["measured_events"] == latency["parsing_clients"] * latency["entries"]
+    assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert slow["slow_clients_stalled"] is True, "slow clients must still be connected when memory is read"
+    assert slow["rss_with_stalled_clients_kib"] > 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import redis
 
 from broker import SyncPublisher
-from gateway.redis_server import RedisServer
+from gateway.redis_server import RedisServer, free_port
 from gateway.sse_reader import SSEParser
 from tests.gateway_process import GatewayProcess
 from tests.helpers import read_job
@@ -112,3 +113,32 @@ def test_sse_parser_handles_any_chunking(size: int) -> None:
     got = [m for i in range(0, len(raw), size) for m in parser.feed(raw[i : i + size])]
     assert [(m.event, m.data, m.id) for m in got] == [("message", "a", "1"), ("end", "x\ny", "3")]
     assert parser.last_id == "3" and parser.retry_ms == 10
+
+
+def test_tail_and_demo_work_when_the_gateway_requires_a_token(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from gateway.auth import mint_token
+
+    secret = "s" * 40
+    publish_slowly(redis_server.url, "secret-job", 5, pace_s=0)
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log", auth_secret=secret).start()
+    try:
+        token = mint_token(secret, jobs="secret-*", scopes=["read"], ttl_s=60)
+        allowed = tail(gw, "secret-job", "--json", "--token", token)
+        refused = tail(gw, "secret-job", "--json")
+        out, err = allowed.communicate(timeout=30)
+        _, refused_err = refused.communicate(timeout=30)
+    finally:
+        gw.stop()
+    assert allowed.returncode == 0, err
+    assert len(out.splitlines()) == 6
+    assert refused.returncode == 2 and "401" in refused_err
+    env = {**os.environ, "LOGBROKER_AUTH_SECRET": secret}
+    code = "import sys; from gateway.cli import main; sys.exit(main())"
+    demo = subprocess.run(
+        [sys.executable, "-c", code, "demo", "--port", str(free_port()), "--data-dir", str(tmp_path / "d"),
+         "--no-slow-step", "--speed", "20", "--logs", "0.1", "--fan-out", "5"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert demo.returncode == 0 and "  lost = 0" in demo.stdout.splitlines(), demo.stdout + demo.stderr
