@@ -49,6 +49,7 @@ class PublisherConfig:
     stream_maxlen: int = DEFAULT_STREAM_MAXLEN
     idle_ttl_s: int = DEFAULT_IDLE_TTL_S
     ended_ttl_s: int = DEFAULT_ENDED_TTL_S
+    cluster: bool = False  # the URL names one node of a Redis Cluster
     socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
 from .config import PublisherConfig
 from .constants import BACKOFF_INITIAL_MS, BACKOFF_MAX_MS
@@ -22,6 +24,9 @@ from .outbox import Batch
 from .script import WRITE_BATCH_LUA, WRITE_BATCH_SHA, Retention, WriteResult, parse_reply, write_args
 
 Outcome = WriteResult | BaseException
+# A plain client or a Redis Cluster one: every write touches one job, so one slot (DESIGN §3)
+AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
 
 _RETRYABLE_REPLIES = (
     "LOADING",
@@ -50,7 +55,7 @@ def _is_noscript(outcome: object) -> bool:
     )
 
 
-def _commands(batches: Sequence[Batch], retention: Retention) -> list[list[object]]:
+def _commands(batches: Sequence[Batch], retention: Retention) -> list[list[Any]]:
     return [write_args(b.job, b.keys, b.items, retention, b.job_name, b.job_type) for b in batches]
 
 
@@ -58,19 +63,17 @@ def _outcome(reply: object) -> Outcome:
     return reply if isinstance(reply, BaseException) else parse_reply(reply)
 
 
-async def write_async(
-    client: redis.asyncio.Redis, batches: Sequence[Batch], retention: Retention
-) -> list[Outcome]:
+async def write_async(client: AsyncRedis, batches: Sequence[Batch], retention: Retention) -> list[Outcome]:
     """One round trip for all batches; a Redis that lost its script cache gets it again."""
     commands = _commands(batches, retention)
     replies = await _evalsha_async(client, commands)
     if any(_is_noscript(r) for r in replies):
-        await call_async(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
+        await load_script_async(client)
         replies = await _evalsha_async(client, commands)
     return [_outcome(r) for r in replies]
 
 
-async def _evalsha_async(client: redis.asyncio.Redis, commands: list[list[object]]) -> list[object]:
+async def _evalsha_async(client: AsyncRedis, commands: list[list[Any]]) -> list[object]:
     if len(commands) == 1:
         try:
             return [await call_async(client, "EVALSHA", WRITE_BATCH_SHA, *commands[0])]
@@ -82,16 +85,16 @@ async def _evalsha_async(client: redis.asyncio.Redis, commands: list[list[object
     return list(await pipe.execute(raise_on_error=False))
 
 
-def write_sync(client: redis.Redis, batches: Sequence[Batch], retention: Retention) -> list[Outcome]:
+def write_sync(client: SyncRedis, batches: Sequence[Batch], retention: Retention) -> list[Outcome]:
     commands = _commands(batches, retention)
     replies = _evalsha_sync(client, commands)
     if any(_is_noscript(r) for r in replies):
-        call_sync(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
+        load_script_sync(client)
         replies = _evalsha_sync(client, commands)
     return [_outcome(r) for r in replies]
 
 
-def _evalsha_sync(client: redis.Redis, commands: list[list[object]]) -> list[object]:
+def _evalsha_sync(client: SyncRedis, commands: list[list[Any]]) -> list[object]:
     if len(commands) == 1:
         try:
             return [call_sync(client, "EVALSHA", WRITE_BATCH_SHA, *commands[0])]
@@ -99,7 +102,7 @@ def _evalsha_sync(client: redis.Redis, commands: list[list[object]]) -> list[obj
             return [e]
     pipe = client.pipeline(transaction=False)
     for args in commands:
-        pipe.execute_command("EVALSHA", WRITE_BATCH_SHA, *args)  # type: ignore[no-untyped-call]
+        pipe.execute_command("EVALSHA", WRITE_BATCH_SHA, *args)  # type: ignore[no-untyped-call,unused-ignore]
     return list(pipe.execute(raise_on_error=False))
 
 
@@ -124,36 +127,51 @@ class Backoff:
 # (ours keep the buffer, and pace the whole fleet with jitter).
 
 
-def sync_client(url: str, config: PublisherConfig) -> redis.Redis:
+def sync_client(url: str, config: PublisherConfig) -> SyncRedis:
     from redis.backoff import NoBackoff
     from redis.retry import Retry
 
+    t, ct = config.socket_timeout_s, config.connect_timeout_s
+    if config.cluster:  # slots move and masters fail over: let the cluster client follow them
+        return redis.cluster.RedisCluster.from_url(url, socket_timeout=t, socket_connect_timeout=ct)
     return redis.Redis.from_url(
         url,
         retry=Retry(NoBackoff(), 0),
-        socket_timeout=config.socket_timeout_s,
-        socket_connect_timeout=config.connect_timeout_s,
         health_check_interval=30,
+        socket_timeout=t,
+        socket_connect_timeout=ct,
     )
 
 
-def async_client(url: str, config: PublisherConfig) -> redis.asyncio.Redis:
+def async_client(url: str, config: PublisherConfig) -> AsyncRedis:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
+    t, ct = config.socket_timeout_s, config.connect_timeout_s
+    if config.cluster:
+        return redis.asyncio.cluster.RedisCluster.from_url(url, socket_timeout=t, socket_connect_timeout=ct)
     return redis.asyncio.Redis.from_url(
         url,
         retry=Retry(NoBackoff(), 0),
-        socket_timeout=config.socket_timeout_s,
-        socket_connect_timeout=config.connect_timeout_s,
         health_check_interval=30,
+        socket_timeout=t,
+        socket_connect_timeout=ct,
     )
 
 
-async def call_async(client: redis.asyncio.Redis, *args: object) -> Any:
+async def load_script_async(client: AsyncRedis) -> None:
+    """SCRIPT LOAD through the client's own method: a cluster client sends it to every master."""
+    await client.script_load(WRITE_BATCH_LUA)  # type: ignore[misc,unused-ignore]
+
+
+def load_script_sync(client: SyncRedis) -> None:
+    client.script_load(WRITE_BATCH_LUA)
+
+
+async def call_async(client: AsyncRedis, *args: Any) -> Any:
     """``execute_command`` with a type: redis-py leaves it untyped."""
-    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]
 
 
-def call_sync(client: redis.Redis, *args: object) -> Any:
-    return client.execute_command(*args)  # type: ignore[no-untyped-call]
+def call_sync(client: SyncRedis, *args: Any) -> Any:
+    return client.execute_command(*args)  # type: ignore[no-untyped-call,unused-ignore]

@@ -18,10 +18,9 @@ import redis.asyncio
 from .config import PublisherConfig
 from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
-from .delivery import async_client, call_async, write_async
+from .delivery import AsyncRedis, async_client, load_script_async, write_async
 from .handles import JobHandle
 from .outbox import DeliveryReport, Offer
-from .script import WRITE_BATCH_LUA
 
 log = logging.getLogger(__name__)
 _CONNECT_ATTEMPTS = 5
@@ -29,12 +28,13 @@ _CONNECT_ATTEMPTS = 5
 
 class Publisher(PublisherCore):
     """Async publisher. Give it a URL (it owns and closes the client) or a ``redis.asyncio.Redis``
-    (yours to close). Not thread-safe: use it from one event loop; threads use ``SyncPublisher``.
+    or ``RedisCluster`` (yours to close). Not thread-safe: use it from one event loop; threads use
+    ``SyncPublisher``.
     """
 
     def __init__(
         self,
-        redis_client: redis.asyncio.Redis | str = "redis://127.0.0.1:6379/0",
+        redis_client: AsyncRedis | str = "redis://127.0.0.1:6379/0",
         *,
         config: PublisherConfig | None = None,
     ) -> None:
@@ -44,7 +44,7 @@ class Publisher(PublisherCore):
 
     def _reset(self) -> None:
         super()._reset()
-        self._client: redis.asyncio.Redis | None = self._injected
+        self._client: AsyncRedis | None = self._injected
         self._sender: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
         self._progress: asyncio.Event | None = None
@@ -64,7 +64,7 @@ class Publisher(PublisherCore):
         for attempt in range(1, _CONNECT_ATTEMPTS + 1):
             try:
                 await client.ping()
-                await call_async(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
+                await load_script_async(client)
                 self._connected = True
                 break
             except (redis.RedisError, OSError) as e:
@@ -80,7 +80,7 @@ class Publisher(PublisherCore):
                 await asyncio.sleep(0.2 * attempt)
         self._ensure_sender()
 
-    def _redis(self) -> redis.asyncio.Redis:
+    def _redis(self) -> AsyncRedis:
         if self._client is None:
             assert self._url is not None
             self._client = async_client(self._url, self.config)

@@ -18,10 +18,9 @@ import redis
 from .config import PublisherConfig
 from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
-from .delivery import call_sync, sync_client, write_sync
+from .delivery import SyncRedis, load_script_sync, sync_client, write_sync
 from .handles import JobHandle
 from .outbox import DeliveryReport, Offer
-from .script import WRITE_BATCH_LUA
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +31,7 @@ class SyncPublisher(PublisherCore):
 
     def __init__(
         self,
-        redis_client: redis.Redis | str = "redis://127.0.0.1:6379/0",
+        redis_client: SyncRedis | str = "redis://127.0.0.1:6379/0",
         *,
         config: PublisherConfig | None = None,
     ) -> None:
@@ -42,7 +41,7 @@ class SyncPublisher(PublisherCore):
 
     def _reset(self) -> None:
         super()._reset()
-        self._client: redis.Redis | None = self._injected
+        self._client: SyncRedis | None = self._injected
         self._thread: threading.Thread | None = None
         self._wake = threading.Event()
         self._progress = threading.Condition(threading.Lock())
@@ -64,7 +63,7 @@ class SyncPublisher(PublisherCore):
         for attempt in range(1, 6):
             try:
                 client.ping()
-                call_sync(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
+                load_script_sync(client)
                 self._connected = True
                 break
             except (redis.RedisError, OSError) as e:
@@ -74,7 +73,7 @@ class SyncPublisher(PublisherCore):
                 time.sleep(0.2 * attempt)
         self._ensure_sender()
 
-    def _redis(self) -> redis.Redis:
+    def _redis(self) -> SyncRedis:
         if self._client is None:
             assert self._url is not None
             self._client = sync_client(self._url, self.config)

@@ -12,11 +12,11 @@ import redis.asyncio
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from broker.delivery import call_async
-from broker.script import WRITE_BATCH_LUA
+from broker.delivery import load_script_async
 
 from . import cors, ingest, jobs, replay
 from .auth import auth_middleware
+from .connections import AnyRedis, shared_client
 from .context import GATEWAY, Gateway
 from .errors import error_middleware, error_response
 from .fanout import Fanout
@@ -64,9 +64,7 @@ def _middlewares(settings: GatewaySettings) -> list[Middleware]:
 
 def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = redis.asyncio.Redis.from_url(
-            url, socket_timeout=10, socket_connect_timeout=2, health_check_interval=30
-        )
+        client = shared_client(url, settings.redis_cluster)
         await _connect(client, url)
         metrics_ = Metrics()
         fanout = Fanout(client, url, settings, metrics_)
@@ -78,12 +76,12 @@ def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-
     return lifecycle
 
 
-async def _connect(client: redis.asyncio.Redis, url: str) -> None:
+async def _connect(client: AnyRedis, url: str) -> None:
     """Connect eagerly and fail loudly: a few bounded retries, one warning each."""
     for attempt in range(1, _CONNECT_ATTEMPTS + 1):
         try:
             await client.ping()
-            await call_async(client, "SCRIPT", "LOAD", WRITE_BATCH_LUA)
+            await load_script_async(client)
             return
         except (redis.RedisError, OSError) as e:
             if attempt == _CONNECT_ATTEMPTS:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import redis.asyncio
 from aiohttp import web
 
 from broker.keys import Keyspace
 
+from .connections import AnyRedis
 from .fanout import Fanout
 from .metrics import Metrics
 from .settings import GatewaySettings
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class Gateway:
     settings: GatewaySettings
     url: str
-    redis: redis.asyncio.Redis
+    redis: AnyRedis
     fanout: Fanout
     metrics: Metrics
     keyspace: Keyspace

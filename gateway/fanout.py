@@ -22,6 +22,7 @@ import redis.asyncio
 from broker.delivery import Backoff, call_async
 from broker.keys import Keyspace
 
+from .connections import AnyRedis, reader_client, same_node
 from .feed import JobFeed
 from .ids import ZERO, StreamId, format_id, from_redis
 from .metrics import Metrics
@@ -41,6 +42,7 @@ class PartitionReader:
         self.healthy = True
         self._wake = asyncio.Event()
         self._client: redis.asyncio.Redis | None = None
+        self._control: redis.asyncio.Redis | None = None  # same node, for CLIENT UNBLOCK
         self._client_id: int | None = None
         self._closing = False
         self._task = asyncio.get_running_loop().create_task(
@@ -66,20 +68,30 @@ class PartitionReader:
         for _ in range(200):
             if self.seen >= generation or self._client_id is None:
                 return
-            with suppress(redis.RedisError, OSError):
-                await call_async(self.fanout.redis, "CLIENT", "UNBLOCK", self._client_id)
+            await self._unblock()
             await asyncio.sleep(0.01)
 
-    def _connection(self) -> redis.asyncio.Redis:
+    async def _unblock(self) -> None:
+        if self._control is not None and self._client_id is not None:
+            with suppress(redis.RedisError, OSError):
+                await call_async(self._control, "CLIENT", "UNBLOCK", self._client_id)
+
+    async def _connection(self) -> redis.asyncio.Redis:
         if self._client is None:
-            s = self.fanout.settings
-            self._client = redis.asyncio.Redis.from_url(
-                self.fanout.url,
-                single_connection_client=True,
-                socket_timeout=s.read_block_ms / 1000 + 5,
-                socket_connect_timeout=2,
-            )
+            timeout = self.fanout.settings.read_block_ms / 1000 + 5
+            slot_key = self.fanout.keyspace.index(self.partition)
+            self._client = await reader_client(self.fanout.redis, self.fanout.url, slot_key, timeout)
+            self._control = same_node(self._client)
         return self._client
+
+    async def _disconnect(self) -> None:
+        """After an error: the next read reconnects, to whichever node owns the slot by then."""
+        self._client_id = None
+        for client in (self._client, self._control):
+            if client is not None:
+                with suppress(redis.RedisError, OSError):
+                    await client.aclose()
+        self._client = self._control = None
 
     async def _run(self) -> None:
         backoff = Backoff(50, 2000)
@@ -96,14 +108,14 @@ class PartitionReader:
                 if self._closing:
                     return
                 self.healthy = False
-                self._client_id = None
+                await self._disconnect()
                 delay = backoff.next_delay_s()
                 if backoff.failures in (1, 10) or backoff.failures % 100 == 0:
                     log.warning("reader p%d: %s; retrying in %.2fs", self.partition, e, delay)
                 await asyncio.sleep(delay)
 
     async def _read_once(self) -> None:
-        client = self._connection()
+        client = await self._connection()
         if self._client_id is None:
             self._client_id = int(await call_async(client, "CLIENT", "ID"))
         self.seen = self.generation
@@ -125,20 +137,18 @@ class PartitionReader:
         if self._client_id is None:  # not inside a blocking read: a plain cancel is enough
             self._task.cancel()
         else:
-            with suppress(redis.RedisError, OSError):
-                await call_async(self.fanout.redis, "CLIENT", "UNBLOCK", self._client_id)
+            await self._unblock()
         done, _ = await asyncio.wait([self._task], timeout=2)
         if not done:
             self._task.cancel()
             await asyncio.wait([self._task], timeout=2)
-        if self._client is not None:
-            await self._client.aclose()
+        await self._disconnect()
 
 
 class Fanout:
     """Owns the partition readers and the feeds; ``subscribe(job)`` is the only way in."""
 
-    def __init__(self, client: redis.asyncio.Redis, url: str, settings: Any, metrics: Metrics) -> None:
+    def __init__(self, client: AnyRedis, url: str, settings: Any, metrics: Metrics) -> None:
         self.redis = client
         self.url = url
         self.settings = settings

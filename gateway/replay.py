@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import TypeGuard
 from urllib.parse import quote
 
-import redis.asyncio
 from aiohttp import web
 
 from broker.codec import decode_entry, entry_json
@@ -32,6 +31,7 @@ from broker.constants import KINDS, LEVELS
 from broker.entry import Entry
 from broker.errors import CodecError
 
+from .connections import AnyRedis
 from .context import GATEWAY, Gateway
 from .errors import bad_request, not_found
 from .feed import Filter, Item
@@ -57,7 +57,7 @@ class _Range:
     desc: bool
     empty: bool = False
 
-    async def read(self, client: redis.asyncio.Redis, key: str, count: int) -> list[RawEntry]:
+    async def read(self, client: AnyRedis, key: str, count: int) -> list[RawEntry]:
         if self.empty:
             return []
         if self.desc:

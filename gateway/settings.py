@@ -32,6 +32,7 @@ class GatewaySettings(BaseSettings):
     )
 
     redis_url: str | None = None  # unset: embedded redis-server (logbroker serve)
+    redis_cluster: bool = False  # the URL names one node of a Redis Cluster
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     auth_secret: SecretStr | None = None  # set: job-scoped JWT auth (gateway/auth.py)
