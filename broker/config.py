@@ -24,7 +24,7 @@ from .constants import (
 from .entry import check_name
 from .errors import InvalidConfig, InvalidEntry
 from .keys import Keyspace
-from .script import Retention
+from .script import Durability, Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +50,10 @@ class PublisherConfig:
     idle_ttl_s: int = DEFAULT_IDLE_TTL_S
     ended_ttl_s: int = DEFAULT_ENDED_TTL_S
     cluster: bool = False  # the URL names one node of a Redis Cluster
+    sentinels: tuple[str, ...] = ()  # "host:port" of Sentinels; the URL is then not used
+    sentinel_master: str | None = None
+    replica_acks: int = 0  # > 0: a batch is delivered once this many replicas acknowledged it (WAIT)
+    replica_ack_timeout_ms: int = 1000
     socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
 
@@ -59,7 +63,7 @@ class PublisherConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidConfig(f"{name} must be a positive integer, got {value!r}")
-        non_negative = ("linger_ms", "stream_maxlen", "idle_ttl_s", "ended_ttl_s")
+        non_negative = ("linger_ms", "stream_maxlen", "idle_ttl_s", "ended_ttl_s", "replica_acks")
         for name in non_negative:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
@@ -77,11 +81,29 @@ class PublisherConfig:
             if not isinstance(value, int | float) or isinstance(value, bool) or not value > 0:
                 raise InvalidConfig(f"{name} must be a number > 0, got {value!r}")
         Keyspace(self.key_prefix, self.partitions)  # validates both
+        self._check_topology()
         if self.src is not None:
             try:
                 check_name("src", self.src)
             except InvalidEntry as e:
                 raise InvalidConfig(str(e)) from e
+
+    def _check_topology(self) -> None:
+        timeout = self.replica_ack_timeout_ms
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 600_000:
+            raise InvalidConfig(f"replica_ack_timeout_ms must be 1..600000, got {timeout!r}")
+        if self.sentinels and self.cluster:
+            raise InvalidConfig("use either sentinels or cluster, not both")
+        if bool(self.sentinels) != bool(self.sentinel_master):
+            raise InvalidConfig("sentinels and sentinel_master go together")
+        for address in self.sentinels:
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise InvalidConfig(f"a sentinel is host:port, got {address!r}")
+
+    @property
+    def durability(self) -> Durability:
+        return Durability(self.replica_acks, self.replica_ack_timeout_ms)
 
     @property
     def keyspace(self) -> Keyspace:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import weakref
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 import redis.asyncio
@@ -21,7 +22,15 @@ import redis.cluster
 from .config import PublisherConfig
 from .constants import BACKOFF_INITIAL_MS, BACKOFF_MAX_MS
 from .outbox import Batch
-from .script import WRITE_BATCH_LUA, WRITE_BATCH_SHA, Retention, WriteResult, parse_reply, write_args
+from .script import (
+    WRITE_BATCH_LUA,
+    WRITE_BATCH_SHA,
+    Durability,
+    Retention,
+    WriteResult,
+    parse_reply,
+    write_args,
+)
 
 Outcome = WriteResult | BaseException
 # A plain client or a Redis Cluster one: every write touches one job, so one slot (DESIGN §3)
@@ -63,47 +72,144 @@ def _outcome(reply: object) -> Outcome:
     return reply if isinstance(reply, BaseException) else parse_reply(reply)
 
 
-async def write_async(client: AsyncRedis, batches: Sequence[Batch], retention: Retention) -> list[Outcome]:
+NO_WAIT = Durability()
+
+
+def _acked(replies: list[object], acked: object, want: Durability) -> list[object]:
+    """Stored but not replicated enough is a retryable failure: the retry finds the entries stored
+    (so skips them) and waits for replicas again."""
+    n = acked if isinstance(acked, int) else 0
+    if n >= want.replicas:
+        return replies
+    err = redis.ResponseError(
+        f"NOREPLICAS {n} of {want.replicas} replicas acknowledged in {want.timeout_ms} ms"
+    )
+    return [r if isinstance(r, BaseException) else err for r in replies]
+
+
+async def write_async(
+    client: AsyncRedis, batches: Sequence[Batch], retention: Retention, want: Durability = NO_WAIT
+) -> list[Outcome]:
     """One round trip for all batches; a Redis that lost its script cache gets it again."""
     commands = _commands(batches, retention)
-    replies = await _evalsha_async(client, commands)
+    replies = await _evalsha_async(client, commands, want)
     if any(_is_noscript(r) for r in replies):
         await load_script_async(client)
-        replies = await _evalsha_async(client, commands)
+        replies = await _evalsha_async(client, commands, want)
     return [_outcome(r) for r in replies]
 
 
-async def _evalsha_async(client: AsyncRedis, commands: list[list[Any]]) -> list[object]:
-    if len(commands) == 1:
+async def _evalsha_async(client: AsyncRedis, commands: list[list[Any]], want: Durability) -> list[object]:
+    if isinstance(client, redis.asyncio.cluster.RedisCluster):
+        if not want.replicas:  # the cluster pipeline routes each batch to its slot's master
+            return await _pipeline_async(client, commands, want)
+        return await _per_node_async(client, commands, want)
+    if len(commands) == 1 and not want.replicas:
         try:
             return [await call_async(client, "EVALSHA", WRITE_BATCH_SHA, *commands[0])]
         except redis.ResponseError as e:
             return [e]
+    return await _pipeline_async(client, commands, want)
+
+
+async def _pipeline_async(client: AsyncRedis, commands: list[list[Any]], want: Durability) -> list[object]:
     pipe = client.pipeline(transaction=False)
     for args in commands:
         pipe.execute_command("EVALSHA", WRITE_BATCH_SHA, *args)
-    return list(await pipe.execute(raise_on_error=False))
+    if want.replicas:
+        pipe.execute_command("WAIT", want.replicas, want.timeout_ms)
+    replies = list(await pipe.execute(raise_on_error=False))
+    return _acked(replies[:-1], replies[-1], want) if want.replicas else replies
 
 
-def write_sync(client: SyncRedis, batches: Sequence[Batch], retention: Retention) -> list[Outcome]:
+async def _per_node_async(
+    client: redis.asyncio.cluster.RedisCluster, commands: list[list[Any]], want: Durability
+) -> list[object]:
+    """WAIT must follow the writes on the same connection, so each master gets its own pipeline."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, args in enumerate(commands):
+        node = client.get_node_from_key(args[1])
+        groups.setdefault((node.host, int(node.port)) if node else ("", 0), []).append(i)
+    out: list[object] = [None] * len(commands)
+    for (host, port), idxs in groups.items():
+        try:
+            node_client = _node_clients(client).setdefault(
+                (host, port), redis.asyncio.Redis(host=host, port=port)
+            )
+            replies = await _pipeline_async(node_client, [commands[i] for i in idxs], want)
+        except (redis.RedisError, OSError) as e:
+            replies = [e] * len(idxs)
+        for i, reply in zip(idxs, replies, strict=True):
+            out[i] = reply
+    if any(isinstance(r, BaseException) for r in out):
+        await client.initialize()  # slots may have moved (failover): look again before the retry
+        await client.nodes_manager.initialize()
+    return out
+
+
+_NODE_CLIENTS: weakref.WeakKeyDictionary[object, dict[tuple[str, int], Any]] = weakref.WeakKeyDictionary()
+
+
+def _node_clients(cluster: object) -> dict[tuple[str, int], Any]:
+    return _NODE_CLIENTS.setdefault(cluster, {})
+
+
+def write_sync(
+    client: SyncRedis, batches: Sequence[Batch], retention: Retention, want: Durability = NO_WAIT
+) -> list[Outcome]:
     commands = _commands(batches, retention)
-    replies = _evalsha_sync(client, commands)
+    replies = _evalsha_sync(client, commands, want)
     if any(_is_noscript(r) for r in replies):
         load_script_sync(client)
-        replies = _evalsha_sync(client, commands)
+        replies = _evalsha_sync(client, commands, want)
     return [_outcome(r) for r in replies]
 
 
-def _evalsha_sync(client: SyncRedis, commands: list[list[Any]]) -> list[object]:
-    if len(commands) == 1:
+def _evalsha_sync(client: SyncRedis, commands: list[list[Any]], want: Durability) -> list[object]:
+    if isinstance(client, redis.cluster.RedisCluster):
+        if not want.replicas:
+            return _pipeline_sync(client, commands, want)
+        return _per_node_sync(client, commands, want)
+    if len(commands) == 1 and not want.replicas:
         try:
             return [call_sync(client, "EVALSHA", WRITE_BATCH_SHA, *commands[0])]
         except redis.ResponseError as e:
             return [e]
+    return _pipeline_sync(client, commands, want)
+
+
+def _pipeline_sync(client: SyncRedis, commands: list[list[Any]], want: Durability) -> list[object]:
     pipe = client.pipeline(transaction=False)
     for args in commands:
         pipe.execute_command("EVALSHA", WRITE_BATCH_SHA, *args)  # type: ignore[no-untyped-call,unused-ignore]
-    return list(pipe.execute(raise_on_error=False))
+    if want.replicas:
+        pipe.execute_command("WAIT", want.replicas, want.timeout_ms)  # type: ignore[no-untyped-call,unused-ignore]
+    replies = list(pipe.execute(raise_on_error=False))
+    return _acked(replies[:-1], replies[-1], want) if want.replicas else replies
+
+
+def _per_node_sync(
+    client: redis.cluster.RedisCluster, commands: list[list[Any]], want: Durability
+) -> list[object]:
+    groups: dict[str, list[int]] = {}
+    nodes: dict[str, Any] = {}
+    for i, args in enumerate(commands):
+        node = client.get_node_from_key(args[1])  # type: ignore[no-untyped-call,unused-ignore]
+        nodes[node.name] = node
+        groups.setdefault(node.name, []).append(i)
+    out: list[object] = [None] * len(commands)
+    for name, idxs in groups.items():
+        try:
+            replies = _pipeline_sync(
+                client.get_redis_connection(nodes[name]), [commands[i] for i in idxs], want
+            )
+        except (redis.RedisError, OSError) as e:
+            replies = [e] * len(idxs)
+        for i, reply in zip(idxs, replies, strict=True):
+            out[i] = reply
+    if any(isinstance(r, BaseException) for r in out):
+        client.nodes_manager.initialize()  # slots may have moved (failover): look again before the retry
+    return out
 
 
 class Backoff:
@@ -134,6 +240,10 @@ def sync_client(url: str, config: PublisherConfig) -> SyncRedis:
     t, ct = config.socket_timeout_s, config.connect_timeout_s
     if config.cluster:  # slots move and masters fail over: let the cluster client follow them
         return redis.cluster.RedisCluster.from_url(url, socket_timeout=t, socket_connect_timeout=ct)
+    if config.sentinels:  # the current master, whichever it is after a failover
+        from redis.sentinel import Sentinel
+
+        return cast(SyncRedis, _master_for(Sentinel, config))
     return redis.Redis.from_url(
         url,
         retry=Retry(NoBackoff(), 0),
@@ -150,6 +260,10 @@ def async_client(url: str, config: PublisherConfig) -> AsyncRedis:
     t, ct = config.socket_timeout_s, config.connect_timeout_s
     if config.cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(url, socket_timeout=t, socket_connect_timeout=ct)
+    if config.sentinels:
+        from redis.asyncio.sentinel import Sentinel
+
+        return cast(AsyncRedis, _master_for(Sentinel, config))
     return redis.asyncio.Redis.from_url(
         url,
         retry=Retry(NoBackoff(), 0),
@@ -157,6 +271,17 @@ def async_client(url: str, config: PublisherConfig) -> AsyncRedis:
         socket_timeout=t,
         socket_connect_timeout=ct,
     )
+
+
+def _master_for(sentinel_class: Any, config: PublisherConfig) -> Any:
+    """A client of the current master, whichever it is after a failover (sync or asyncio Sentinel)."""
+    t, ct = config.socket_timeout_s, config.connect_timeout_s
+    sentinel = sentinel_class(_addresses(config.sentinels), socket_timeout=t, socket_connect_timeout=ct)
+    return sentinel.master_for(config.sentinel_master or "", socket_timeout=t, socket_connect_timeout=ct)
+
+
+def _addresses(sentinels: tuple[str, ...]) -> list[tuple[str, int]]:
+    return [(host, int(port)) for host, _, port in (s.rpartition(":") for s in sentinels)]
 
 
 async def load_script_async(client: AsyncRedis) -> None:

@@ -77,6 +77,8 @@ def check_name(field: str, value: object) -> str | None:
         raise InvalidEntry(field, f"is {len(value)} characters long, at most {MAX_NAME_LEN} allowed")
     if _CONTROL_RE.search(value):
         raise InvalidEntry(field, "must not contain control characters (newline, tab, NUL...)")
+    if _SURROGATE_RE.search(value):
+        raise InvalidEntry(field, "must be valid Unicode text (it contains a lone surrogate)")
     if len(_KNOWN_NAMES) >= _KNOWN_NAMES_MAX:
         _KNOWN_NAMES.clear()
     _KNOWN_NAMES.add(value)

@@ -156,7 +156,9 @@ class Publisher(PublisherCore):
                 continue
             delay: float | None
             try:
-                outcomes = await write_async(self._redis(), batches, self.config.retention)
+                outcomes = await write_async(
+                    self._redis(), batches, self.config.retention, self.config.durability
+                )
                 delay = self._settle(batches, outcomes)
             except Exception as e:  # every failure is classified: retried or rejected, never lost
                 delay = self._write_failed(batches, e)

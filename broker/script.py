@@ -27,6 +27,15 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class Durability:
+    """``replicas`` > 0: a batch counts as delivered only once that many replicas acknowledged it
+    (``WAIT`` on the connection that wrote it), so a failover cannot lose a confirmed entry."""
+
+    replicas: int = 0
+    timeout_ms: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
 class WriteResult:
     ids: list[str]
     duplicates: int

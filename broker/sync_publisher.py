@@ -139,7 +139,7 @@ class SyncPublisher(PublisherCore):
                 continue
             delay: float | None
             try:
-                outcomes = write_sync(self._redis(), batches, self.config.retention)
+                outcomes = write_sync(self._redis(), batches, self.config.retention, self.config.durability)
                 delay = self._settle(batches, outcomes)
             except Exception as e:  # every failure is classified: retried or rejected, never lost
                 delay = self._write_failed(batches, e)

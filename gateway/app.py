@@ -14,7 +14,7 @@ from aiohttp.typedefs import Middleware
 
 from broker.delivery import load_script_async
 
-from . import cors, ingest, jobs, replay
+from . import cors, ingest, jobs, openapi, replay
 from .auth import auth_middleware
 from .connections import AnyRedis, shared_client
 from .context import GATEWAY, Gateway
@@ -47,6 +47,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     app.router.add_post("/v1/jobs/{job}/logs", ingest.post_logs)
     app.router.add_get("/v1/jobs/{job}/stream", stream_job)
     app.router.add_get("/", viewer)
+    app.router.add_get("/openapi.json", openapi.openapi_route(settings))
     app.router.add_static("/static/", STATIC, append_version=False)
     return app
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 
 import redis
 from aiohttp import web
+from aiohttp.web_protocol import RequestPayloadError
 
 from broker.errors import CodecError, InvalidEntry
 
@@ -72,6 +73,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except redis.RedisError as e:  # a refusal (WRONGTYPE, OOM...): retrying as-is will not help
         log.error("Redis refused %s %s: %s", request.method, request.path, e)
         return error_response(500, "redis_error", f"Redis refused the operation: {type(e).__name__}")
+    except RequestPayloadError as e:  # a body that could not even be read (bad Content-Encoding...)
+        return error_response(400, "invalid_body", f"the request body could not be read: {e}")
     except CodecError as e:
         log.error("undecodable data for %s: %s", request.path, e)
         return error_response(500, "corrupt_entry", str(e))
+    except Exception:  # a bug: still answer in the API's shape, and say so loudly in the log
+        log.exception("unexpected error for %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "unexpected server error (logged)")

@@ -14,7 +14,7 @@ _MAX = 2**64 - 1
 
 def parse_id(text: str, param: str) -> StreamId:
     """``<ms>-<seq>`` or ``<ms>``; anything else is a 400 naming the parameter."""
-    m = _ID_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    m = _ID_RE.fullmatch(text.strip()) if isinstance(text, str) and text.isascii() else None
     if m is None:
         raise bad_request("invalid_id", f"{param} must be a stream id like 1764345600123-0, got {text!r:.80}")
     ms, seq = int(m.group(1)), int(m.group(2) or 0)

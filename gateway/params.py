@@ -25,7 +25,7 @@ def int_param(query: Mapping[str, str], name: str, default: int, lo: int, hi: in
     raw = query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 12:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 12:  # "²".isdigit() is True
         raise bad_request("invalid_parameter", f"{name} must be an integer {lo}..{hi}, got {raw!r:.40}")
     value = int(raw)
     if not lo <= value <= hi:

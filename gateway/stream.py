@@ -64,6 +64,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
 async def _start(
     gw: Gateway, request: web.Request, job: str, key: str, flt: Filter
 ) -> tuple[StreamId, list[Item]]:
+    _validate_start(gw, request)
     header = request.headers.get("Last-Event-ID", "").strip()
     if header:
         return parse_id(header, "Last-Event-ID"), []
@@ -76,6 +77,14 @@ async def _start(
         n = int_param(request.query, "tail", 0, 0, gw.settings.replay_max_limit)
         return await _tail(gw, job, key, flt, n)
     return ZERO, []
+
+
+def _validate_start(gw: Gateway, request: web.Request) -> None:
+    """Every start parameter is checked, even one that a higher-priority one overrides."""
+    after = request.query.get("after")
+    if after is not None and after.strip() != "$":
+        parse_id(after, "after")
+    int_param(request.query, "tail", 0, 0, gw.settings.replay_max_limit)
 
 
 async def _tail(gw: Gateway, job: str, key: str, flt: Filter, n: int) -> tuple[StreamId, list[Item]]:

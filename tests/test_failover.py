@@ -1,0 +1,170 @@
+"""Failover with replica acknowledgements (DESIGN §7): a Sentinel-managed master and a Redis
+Cluster master are SIGKILLed while publishers run with ``replica_acks=1``; after the replica is
+promoted, every entry a flush() confirmed is there, and nothing is there twice."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from broker import Keyspace, PublisherConfig, SyncPublisher
+from gateway.redis_server import RedisServer, find_redis_server, free_port
+from tests.cluster import RedisClusterProcesses
+from tests.helpers import assert_exactly_once, read_job
+
+pytestmark = pytest.mark.slow
+ENTRIES, THREADS = 3000, 3
+
+
+class SentinelSet:
+    """A master, two replicas and three Sentinels watching them (quorum 2). Two replicas, so that
+    after a failover the new master still has one to acknowledge writes."""
+
+    def __init__(self, root: Path) -> None:
+        self.master = RedisServer(root / "master", appendonly=True)
+        self.replicas = [
+            RedisServer(root / f"replica{i}", appendonly=True,
+                        extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
+            for i in range(2)
+        ]  # fmt: skip
+        self.root = root
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinels: list[subprocess.Popen[bytes]] = []
+
+    def start(self) -> SentinelSet:
+        self.master.start()
+        for replica in self.replicas:
+            replica.start()
+        for i, port in enumerate(self.sentinel_ports):
+            conf = self.root / f"sentinel{i}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                f"sentinel monitor lb 127.0.0.1 {self.master.port} 2\n"
+                "sentinel down-after-milliseconds lb 1000\nsentinel failover-timeout lb 5000\n"
+            )
+            self.sentinels.append(subprocess.Popen([find_redis_server(), str(conf), "--sentinel"],
+                                                   stdout=subprocess.DEVNULL))  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not self._replica_synced():
+            assert time.monotonic() < deadline, "replica did not sync"
+            time.sleep(0.1)
+        return self
+
+    def _replica_synced(self) -> bool:
+        for replica in self.replicas:
+            with redis.Redis(port=replica.port) as r:
+                if r.info("replication").get("master_link_status") != "up":
+                    return False
+        return True
+
+    def current_master_port(self) -> int:
+        with redis.Redis(port=self.sentinel_ports[0]) as s:
+            return int(s.sentinel_get_master_addr_by_name("lb")[1])
+
+    def stop(self) -> None:
+        for p in self.sentinels:
+            p.terminate()
+            p.wait(10)
+        self.master.stop()
+        for replica in self.replicas:
+            replica.stop()
+
+
+@pytest.fixture
+def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
+    s = SentinelSet(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def _publish_confirming(pub: SyncPublisher, job: str, confirmed: list[int]) -> list[threading.Thread]:
+    """Threads publish; after every flush, how many entries were confirmed is recorded."""
+    lock = threading.Lock()
+
+    def run(t: int) -> None:
+        worker = pub.job(job, name="Failover").step("s").worker(f"w{t}")
+        for i in range(ENTRIES):
+            worker.info(f"w{t} {i}", i=i)
+            if i % 250 == 249:
+                report = pub.flush(60)
+                with lock:
+                    confirmed.append(report.delivered)
+            time.sleep(0.0005)
+
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def _join(threads: list[threading.Thread], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    for thread in threads:
+        thread.join(max(0.1, deadline - time.monotonic()))
+    assert not any(t.is_alive() for t in threads), "publishing did not recover from the failover"
+
+
+def _check(entries: list[dict[str, object]], confirmed: list[int]) -> None:
+    logs = [e for e in entries if e["kind"] == "log"]
+    assert len(logs) == ENTRIES * THREADS and max(confirmed) <= len(logs)
+    for t in range(THREADS):
+        got = [e["fields"]["i"] for e in logs if e["worker"] == f"w{t}"]  # type: ignore[index]
+        assert got == list(range(ENTRIES)), f"w{t}: lost or duplicated across the failover"
+    assert_exactly_once(entries)  # type: ignore[arg-type]
+
+
+def test_sentinel_failover_loses_no_confirmed_entry(sentinel_set: SentinelSet) -> None:
+    config = PublisherConfig(
+        sentinels=tuple(f"127.0.0.1:{p}" for p in sentinel_set.sentinel_ports), sentinel_master="lb",
+        replica_acks=1, replica_ack_timeout_ms=2000, socket_timeout_s=5, connect_timeout_s=1,
+    )  # fmt: skip
+    pub = SyncPublisher(config=config)
+    pub.start()
+    confirmed: list[int] = []
+    threads = _publish_confirming(pub, "sfail", confirmed)
+    while len(confirmed) < 6:
+        time.sleep(0.01)
+    old = sentinel_set.master.port
+    sentinel_set.master.kill()
+    _join(threads, 90)
+    assert pub.close(60).ok
+    new = sentinel_set.current_master_port()
+    assert new != old and new in [r.port for r in sentinel_set.replicas]
+    _check(read_job(redis.Redis(port=new), "sfail"), confirmed)  # type: ignore[arg-type]
+
+
+def test_cluster_master_failover_with_replica_acks(tmp_path: Path) -> None:
+    cluster = RedisClusterProcesses(tmp_path / "cluster", replicas=2).start()  # one left after failover
+    try:
+        config = PublisherConfig(
+            cluster=True, replica_acks=1, replica_ack_timeout_ms=2000, socket_timeout_s=5
+        )
+        pub = SyncPublisher(cluster.url, config=config)
+        pub.start()
+        rc = RedisCluster.from_url(cluster.url)
+        victim = rc.get_node_from_key(Keyspace().stream("cfail")).port
+        confirmed: list[int] = []
+        threads = _publish_confirming(pub, "cfail", confirmed)
+        while len(confirmed) < 6:
+            time.sleep(0.01)
+        next(s for s in cluster.servers if s.port == victim).kill()
+        _join(threads, 90)
+        assert pub.close(60).ok
+        rc.close()
+        rc = RedisCluster(host="127.0.0.1", port=next(s.port for s in cluster.servers if s.port != victim))
+        assert rc.get_node_from_key(Keyspace().stream("cfail")).port != victim, "a replica took over"
+        raw = rc.xrange(Keyspace().stream("cfail"))
+        from broker import decode_entry
+
+        entries = [decode_entry("cfail", i.decode(), f) for i, f in raw]
+        _check(entries, confirmed)  # type: ignore[arg-type]
+        rc.close()
+    finally:
+        cluster.stop()
