@@ -4,6 +4,7 @@ promoted, every entry a flush() confirmed is there, and nothing is there twice."
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import threading
 import time
@@ -14,10 +15,14 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from broker import Keyspace, PublisherConfig, SyncPublisher
+from broker import Keyspace, PublisherConfig, SyncPublisher, decode_entry
+from gateway.app import create_app
 from gateway.redis_server import RedisServer, find_redis_server, free_port
+from gateway.settings import GatewaySettings
 from tests.cluster import RedisClusterProcesses
+from tests.conftest import AiohttpClient
 from tests.helpers import assert_exactly_once, read_job
+from tests.sse_client import parse
 
 pytestmark = pytest.mark.slow
 ENTRIES, THREADS = 3000, 3
@@ -140,31 +145,36 @@ def test_sentinel_failover_loses_no_confirmed_entry(sentinel_set: SentinelSet) -
     _check(read_job(redis.Redis(port=new), "sfail"), confirmed)  # type: ignore[arg-type]
 
 
-def test_cluster_master_failover_with_replica_acks(tmp_path: Path) -> None:
+async def test_cluster_master_failover_with_replica_acks_while_streaming(
+    tmp_path: Path, aiohttp_client: AiohttpClient
+) -> None:
     cluster = RedisClusterProcesses(tmp_path / "cluster", replicas=2).start()  # one left after failover
     try:
+        gateway = await aiohttp_client(create_app(GatewaySettings(redis_url=cluster.url, redis_cluster=True)))
+        streams = [await gateway.get("/v1/jobs/cfail/stream") for _ in range(3)]
         config = PublisherConfig(
             cluster=True, replica_acks=1, replica_ack_timeout_ms=2000, socket_timeout_s=5
         )
         pub = SyncPublisher(cluster.url, config=config)
-        pub.start()
+        await asyncio.to_thread(pub.start)
         rc = RedisCluster.from_url(cluster.url)
         victim = rc.get_node_from_key(Keyspace().stream("cfail")).port
+        rc.close()
         confirmed: list[int] = []
         threads = _publish_confirming(pub, "cfail", confirmed)
-        while len(confirmed) < 6:
-            time.sleep(0.01)
-        next(s for s in cluster.servers if s.port == victim).kill()
-        _join(threads, 90)
-        assert pub.close(60).ok
-        rc.close()
+        while len(confirmed) < 6:  # noqa: ASYNC110 - the publishing threads fill it
+            await asyncio.sleep(0.01)
+        next(s for s in cluster.servers if s.port == victim).kill()  # the job's master, mid-stream
+        await asyncio.to_thread(_join, threads, 90)
+        await asyncio.to_thread(pub.job("cfail").end, "completed")
+        assert (await asyncio.to_thread(pub.close, 60)).ok
+        bodies = [await asyncio.wait_for(s.read(), 60) for s in streams]
         rc = RedisCluster(host="127.0.0.1", port=next(s.port for s in cluster.servers if s.port != victim))
         assert rc.get_node_from_key(Keyspace().stream("cfail")).port != victim, "a replica took over"
-        raw = rc.xrange(Keyspace().stream("cfail"))
-        from broker import decode_entry
-
-        entries = [decode_entry("cfail", i.decode(), f) for i, f in raw]
-        _check(entries, confirmed)  # type: ignore[arg-type]
+        entries = [decode_entry("cfail", i.decode(), f) for i, f in rc.xrange(Keyspace().stream("cfail"))]
         rc.close()
+        _check(entries, confirmed)  # type: ignore[arg-type]
+        for body in bodies:
+            assert [e.id for e in parse(body).events] == [e["id"] for e in entries], "SSE lost or repeated"
     finally:
         cluster.stop()
