@@ -16,7 +16,7 @@ from broker.delivery import load_script_async
 
 from . import cors, ingest, jobs, openapi, replay
 from .auth import auth_middleware
-from .connections import AnyRedis, shared_client
+from .connections import AnyRedis, Connector
 from .context import GATEWAY, Gateway
 from .errors import error_middleware, error_response
 from .fanout import Fanout
@@ -32,8 +32,9 @@ _CONNECT_ATTEMPTS = 5
 def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> web.Application:
     """``redis_url`` overrides ``settings.redis_url`` (``logbroker serve`` passes its embedded one)."""
     url = redis_url or settings.redis_url
-    if url is None:
+    if url is None and not settings.sentinels:
         raise ValueError("no Redis URL: set LOGBROKER_REDIS_URL, or use `logbroker serve` (embedded Redis)")
+    url = url or ""
     app = web.Application(middlewares=_middlewares(settings), client_max_size=settings.max_body_bytes)
     cors.install(app, settings.cors_origins)
     app.cleanup_ctx.append(_lifecycle(settings, url))
@@ -65,14 +66,16 @@ def _middlewares(settings: GatewaySettings) -> list[Middleware]:
 
 def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-def]
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        client = shared_client(url, settings.redis_cluster)
-        await _connect(client, url)
+        connector = Connector(settings, url)
+        client = connector.shared()
+        await _connect(client, url or f"Sentinel master {settings.sentinel_master}")
         metrics_ = Metrics()
-        fanout = Fanout(client, url, settings, metrics_)
+        fanout = Fanout(client, connector, settings, metrics_)
         app[GATEWAY] = Gateway(settings, url, client, fanout, metrics_, settings.keyspace)
         yield
         await fanout.aclose()
         await client.aclose()
+        await connector.aclose()
 
     return lifecycle
 

@@ -118,13 +118,14 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
 def serve(settings: GatewaySettings) -> None:
     embedded: RedisServer | None = None
     url = settings.redis_url
-    if url is None:
+    if url is None and not settings.sentinels:
         embedded = RedisServer(settings.data_dir / "redis", appendonly=True).start()
         url = embedded.url
         log.info("embedded redis-server %s on %s (data in %s)", embedded.binary, url, embedded.data_dir)
     try:
         app = create_app(settings, redis_url=url)
-        print(f"logbroker gateway on http://{settings.host}:{settings.port}/ (Redis {url})", flush=True)
+        where = url or f"Sentinel master {settings.sentinel_master}"
+        print(f"logbroker gateway on http://{settings.host}:{settings.port}/ (Redis {where})", flush=True)
         web.run_app(
             app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5,
             access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log

@@ -1,5 +1,6 @@
-"""Redis clients of a gateway: one shared client (plain or Redis Cluster), and direct single
-connections for the partition readers, which must block on the node that owns their slot."""
+"""Redis clients of a gateway: one shared client (plain, Redis Cluster or through Sentinel), and
+for each partition reader a single connection that blocks on the master holding its slot, plus a
+second one to the same node to wake it (CLIENT UNBLOCK)."""
 
 from __future__ import annotations
 
@@ -8,41 +9,68 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.sentinel import Sentinel
+
+from .settings import GatewaySettings
 
 AnyRedis = redis.asyncio.Redis | RedisCluster
+_SHARED: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 2}
 
 
-def shared_client(url: str, cluster: bool) -> AnyRedis:
-    options: dict[str, Any] = {"socket_timeout": 10, "socket_connect_timeout": 2}
-    if cluster:
-        return RedisCluster.from_url(url, **options)
-    return redis.asyncio.Redis.from_url(url, health_check_interval=30, **options)
+class Connector:
+    def __init__(self, settings: GatewaySettings, url: str) -> None:
+        self.settings = settings
+        self.url = url
+        self._sentinel: Sentinel | None = None
+        if settings.sentinels:
+            addresses = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.sentinels)]
+            self._sentinel = Sentinel(addresses, socket_timeout=2, socket_connect_timeout=2)  # type: ignore[no-untyped-call,unused-ignore]
 
+    async def aclose(self) -> None:
+        if self._sentinel is not None:
+            for client in self._sentinel.sentinels:
+                await client.aclose()
 
-async def reader_client(
-    shared: AnyRedis, url: str, slot_key: str, socket_timeout_s: float
-) -> redis.asyncio.Redis:
-    """A single connection for a blocking XREAD: to ``url`` itself, or in a cluster to the master
-    that owns ``slot_key`` now (the slot map is refreshed first, so a failover is followed)."""
-    options: dict[str, Any] = {
-        "single_connection_client": True,
-        "socket_timeout": socket_timeout_s,
-        "socket_connect_timeout": 2,
-    }
-    if isinstance(shared, RedisCluster):
-        await shared.initialize()
-        await shared.nodes_manager.initialize()
-        node = shared.get_node_from_key(slot_key)
-        if node is None:
-            raise redis.ConnectionError(f"no cluster node owns the slot of {slot_key}")
-        return redis.asyncio.Redis(host=node.host, port=int(node.port), **options)
-    return redis.asyncio.Redis.from_url(url, **options)
+    def shared(self) -> AnyRedis:
+        if self.settings.redis_cluster:
+            return RedisCluster.from_url(self.url, **_SHARED)
+        if self._sentinel is not None:
+            return self._master(**_SHARED)
+        return redis.asyncio.Redis.from_url(self.url, health_check_interval=30, **_SHARED)
 
+    def _master(self, single: bool = False, **options: Any) -> redis.asyncio.Redis:
+        """The current master, whichever it is after a failover."""
+        assert self._sentinel is not None
+        name = self.settings.sentinel_master or ""
+        client: redis.asyncio.Redis = self._sentinel.master_for(name, **options)  # type: ignore[no-untyped-call,unused-ignore]
+        if single:  # master_for() hands its options to connections, so wrap its pool instead
+            return redis.asyncio.Redis(connection_pool=client.connection_pool, single_connection_client=True)
+        return client
 
-def same_node(reader: redis.asyncio.Redis) -> redis.asyncio.Redis:
-    """A second client to the reader's node, to send it CLIENT UNBLOCK while it is blocked."""
-    kw = reader.connection_pool.connection_kwargs
-    return redis.asyncio.Redis(
-        host=kw.get("host", "127.0.0.1"), port=kw.get("port", 6379), db=kw.get("db", 0),
-        password=kw.get("password"), username=kw.get("username"), socket_connect_timeout=2, socket_timeout=5,
-    )  # fmt: skip
+    async def reader(
+        self, shared: AnyRedis, slot_key: str
+    ) -> tuple[redis.asyncio.Redis, redis.asyncio.Redis]:
+        """(reader, control): in a cluster both go to the master that owns ``slot_key`` now (the
+        slot map is refreshed first, so a failover is followed)."""
+        options: dict[str, Any] = {
+            "socket_timeout": self.settings.read_block_ms / 1000 + 5,
+            "socket_connect_timeout": 2,
+        }
+        control: dict[str, Any] = {"socket_timeout": 5, "socket_connect_timeout": 2}
+        if isinstance(shared, RedisCluster):
+            await shared.initialize()
+            await shared.nodes_manager.initialize()
+            node = shared.get_node_from_key(slot_key)
+            if node is None:
+                raise redis.ConnectionError(f"no cluster node owns the slot of {slot_key}")
+            host, port = node.host, int(node.port)
+            return (
+                redis.asyncio.Redis(host=host, port=port, single_connection_client=True, **options),
+                redis.asyncio.Redis(host=host, port=port, **control),
+            )
+        if self._sentinel is not None:
+            return self._master(single=True, **options), self._master(**control)
+        return (
+            redis.asyncio.Redis.from_url(self.url, single_connection_client=True, **options),
+            redis.asyncio.Redis.from_url(self.url, **control),
+        )

@@ -22,7 +22,7 @@ import redis.asyncio
 from broker.delivery import Backoff, call_async
 from broker.keys import Keyspace
 
-from .connections import AnyRedis, reader_client, same_node
+from .connections import AnyRedis, Connector
 from .feed import JobFeed
 from .ids import ZERO, StreamId, format_id, from_redis
 from .metrics import Metrics
@@ -78,10 +78,8 @@ class PartitionReader:
 
     async def _connection(self) -> redis.asyncio.Redis:
         if self._client is None:
-            timeout = self.fanout.settings.read_block_ms / 1000 + 5
             slot_key = self.fanout.keyspace.index(self.partition)
-            self._client = await reader_client(self.fanout.redis, self.fanout.url, slot_key, timeout)
-            self._control = same_node(self._client)
+            self._client, self._control = await self.fanout.connector.reader(self.fanout.redis, slot_key)
         return self._client
 
     async def _disconnect(self) -> None:
@@ -90,7 +88,7 @@ class PartitionReader:
         for client in (self._client, self._control):
             if client is not None:
                 with suppress(redis.RedisError, OSError):
-                    await client.aclose()
+                    await client.aclose(close_connection_pool=True)  # our pools, even when wrapped
         self._client = self._control = None
 
     async def _run(self) -> None:
@@ -104,9 +102,11 @@ class PartitionReader:
                 await self._read_once()
                 backoff.reset()
                 self.healthy = True
-            except (redis.RedisError, OSError) as e:
+            except Exception as e:  # Redis away, failing over, or a bug: never let the reader die
                 if self._closing:
                     return
+                if not isinstance(e, redis.RedisError | OSError):
+                    log.exception("reader p%d: unexpected error", self.partition)
                 self.healthy = False
                 await self._disconnect()
                 delay = backoff.next_delay_s()
@@ -148,9 +148,9 @@ class PartitionReader:
 class Fanout:
     """Owns the partition readers and the feeds; ``subscribe(job)`` is the only way in."""
 
-    def __init__(self, client: AnyRedis, url: str, settings: Any, metrics: Metrics) -> None:
+    def __init__(self, client: AnyRedis, connector: Connector, settings: Any, metrics: Metrics) -> None:
         self.redis = client
-        self.url = url
+        self.connector = connector
         self.settings = settings
         self.metrics = metrics
         self.keyspace: Keyspace = settings.keyspace

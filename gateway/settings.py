@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from broker.constants import (
@@ -33,6 +33,8 @@ class GatewaySettings(BaseSettings):
 
     redis_url: str | None = None  # unset: embedded redis-server (logbroker serve)
     redis_cluster: bool = False  # the URL names one node of a Redis Cluster
+    sentinels: Annotated[tuple[str, ...], NoDecode] = ()  # host:port,... of Sentinels (then no URL)
+    sentinel_master: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
     auth_secret: SecretStr | None = None  # set: job-scoped JWT auth (gateway/auth.py)
@@ -86,6 +88,27 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, list | tuple):
             return tuple(check_origin(str(origin)) for origin in value)
         return value
+
+    @field_validator("sentinels", mode="before")
+    @classmethod
+    def _sentinels(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            for address in value:
+                host, _, port = str(address).rpartition(":")
+                if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                    raise ValueError(f"a sentinel is host:port, got {address!r}")
+            return tuple(str(a) for a in value)
+        return value
+
+    @model_validator(mode="after")
+    def _topology(self) -> GatewaySettings:
+        if bool(self.sentinels) != bool(self.sentinel_master):
+            raise ValueError("LOGBROKER_SENTINELS and LOGBROKER_SENTINEL_MASTER go together")
+        if self.sentinels and self.redis_cluster:
+            raise ValueError("use either Sentinels or a Redis Cluster, not both")
+        return self
 
     @field_validator("redis_url")
     @classmethod

@@ -178,3 +178,34 @@ async def test_cluster_master_failover_with_replica_acks_while_streaming(
             assert [e.id for e in parse(body).events] == [e["id"] for e in entries], "SSE lost or repeated"
     finally:
         cluster.stop()
+
+
+async def test_gateway_through_sentinel_streams_across_a_failover(
+    sentinel_set: SentinelSet, aiohttp_client: AiohttpClient
+) -> None:
+    sentinels = tuple(f"127.0.0.1:{p}" for p in sentinel_set.sentinel_ports)
+    settings = GatewaySettings(sentinels=sentinels, sentinel_master="lb", heartbeat_s=0.5)
+    gateway = await aiohttp_client(create_app(settings))
+    streams = [await gateway.get("/v1/jobs/sgw/stream") for _ in range(3)]
+    config = PublisherConfig(
+        sentinels=sentinels,
+        sentinel_master="lb",
+        replica_acks=1,
+        replica_ack_timeout_ms=2000,
+        socket_timeout_s=5,
+    )
+    pub = SyncPublisher(config=config)
+    await asyncio.to_thread(pub.start)
+    confirmed: list[int] = []
+    threads = _publish_confirming(pub, "sgw", confirmed)
+    while len(confirmed) < 6:  # noqa: ASYNC110 - the publishing threads fill it
+        await asyncio.sleep(0.01)
+    sentinel_set.master.kill()
+    await asyncio.to_thread(_join, threads, 90)
+    await asyncio.to_thread(pub.job("sgw").end, "completed")
+    assert (await asyncio.to_thread(pub.close, 60)).ok
+    bodies = [await asyncio.wait_for(s.read(), 60) for s in streams]
+    entries = read_job(redis.Redis(port=sentinel_set.current_master_port()), "sgw")
+    _check(entries, confirmed)  # type: ignore[arg-type]
+    for body in bodies:
+        assert [e.id for e in parse(body).events] == [e["id"] for e in entries], "SSE lost or repeated"
