@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
@@ -67,3 +68,14 @@ def publish(
             handle.step(step).worker(f"w{i % 3}").log("warning" if i % 5 == 0 else "info", f"entry {i}", i=i)
         if end:
             handle.end("completed")
+
+
+def publish_paced(url: str, job: str, n: int, pace_s: float, name: str = "Paced") -> None:
+    """``n`` entries over 5 workers, sleeping ``pace_s`` every 50, then the end entry."""
+    with SyncPublisher(url) as pub:
+        step = pub.job(job, name=name).step("s")
+        for i in range(n):
+            step.worker(f"w{i % 5}").info(f"entry {i}", i=i)
+            if pace_s and i % 50 == 0:
+                time.sleep(pace_s)
+        pub.job(job).end("completed")

@@ -8,6 +8,7 @@ browser's EventSource until the job's end event.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -110,3 +111,21 @@ def follow(
         except ConnectionAbortedError:
             time.sleep(0.05)
     raise TimeoutError(f"no end event for {job} within {timeout_s}s ({len(got)} events)")
+
+
+def follow_many(args: tuple[str | list[str], str, int]) -> list[tuple[list[str], int]]:
+    """``n`` concurrent clients in one process (threads), so 50 clients need only a few processes.
+    Module-level, so a ``spawn`` pool can run it. Returns (event ids, connections) per client."""
+    base, job, n = args
+    results: list[tuple[list[str], int]] = [([], 0) for _ in range(n)]
+
+    def one(i: int) -> None:
+        events, connections = follow(base, job, timeout_s=120)
+        results[i] = ([e.id for e in events], connections)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results

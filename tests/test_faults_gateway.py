@@ -18,41 +18,14 @@ import httpx
 import pytest
 import redis
 
-from broker import SyncPublisher
 from gateway.context import GATEWAY
 from gateway.redis_server import RedisServer
 from tests.conftest import MakeGateway, ServerFactory
 from tests.gateway_process import GatewayProcess
-from tests.helpers import read_job
-from tests.sse_client import follow, parse
+from tests.helpers import publish_paced, read_job
+from tests.sse_client import follow_many, parse
 
 pytestmark = pytest.mark.slow
-
-
-def _clients(args: tuple[list[str], str, int]) -> list[list[str]]:
-    """Several concurrent clients in one process (threads), so 50 need only 10 processes."""
-    bases, job, n = args
-    results: list[list[str]] = [[] for _ in range(n)]
-
-    def one(i: int) -> None:
-        results[i] = [e.id for e in follow(bases, job, timeout_s=120)[0]]
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def _publish(url: str, job: str, n: int, pace_s: float) -> None:
-    with SyncPublisher(url) as pub:
-        step = pub.job(job, name="Faults").step("s")
-        for i in range(n):
-            step.worker(f"w{i % 5}").info(f"entry {i}", i=i)
-            if pace_s and i % 50 == 0:
-                time.sleep(pace_s)
-        pub.job(job).end("completed")
 
 
 def test_kill_9_a_gateway_under_50_clients_they_resume_on_the_other(
@@ -63,17 +36,17 @@ def test_kill_9_a_gateway_under_50_clients_they_resume_on_the_other(
     try:
         ctx = multiprocessing.get_context("spawn")
         with ctx.Pool(10) as pool:
-            pending = pool.map_async(_clients, [([first.url, second.url], "k9", 5)] * 10)
+            pending = pool.map_async(follow_many, [([first.url, second.url], "k9", 5)] * 10)
             deadline = time.monotonic() + 30
             while httpx.get(f"{first.url}/readyz").json()["clients"] < 50:
                 assert time.monotonic() < deadline, "50 clients did not connect"
                 time.sleep(0.1)
-            publisher = threading.Thread(target=_publish, args=(redis_server.url, "k9", 5000, 0.01))
+            publisher = threading.Thread(target=publish_paced, args=(redis_server.url, "k9", 5000, 0.01))
             publisher.start()
             time.sleep(1.0)
             first.kill()
             publisher.join()
-            results = [ids for batch in pending.get(timeout=120) for ids in batch]
+            results = [ids for batch in pending.get(timeout=120) for ids, _ in batch]
         served_by_second = httpx.get(f"{second.url}/metrics").text
     finally:
         first.stop()
@@ -91,7 +64,7 @@ async def test_redis_frozen_for_5s_clients_stay_and_everything_arrives(
 ) -> None:
     client = await make_gateway(heartbeat_s=0.5)
     streams = [await client.get("/v1/jobs/frozen/stream") for _ in range(5)]
-    pub_thread = threading.Thread(target=_publish, args=(redis_server.url, "frozen", 3000, 0.02))
+    pub_thread = threading.Thread(target=publish_paced, args=(redis_server.url, "frozen", 3000, 0.02))
     pub_thread.start()
     await asyncio.sleep(0.5)
     redis_server.pause()

@@ -29,8 +29,8 @@ from broker import SyncPublisher
 from gateway.auth import mint_token
 from gateway.redis_server import RedisServer, free_port
 from tests.gateway_process import GatewayProcess
-from tests.helpers import read_job
-from tests.sse_client import follow, parse
+from tests.helpers import publish_paced, read_job
+from tests.sse_client import follow_many, parse
 from tests.test_compose import render_nginx_conf
 
 NGINX = shutil.which("nginx")
@@ -123,33 +123,6 @@ def _stop(gateways: list[GatewayProcess], nginx: NginxProcess) -> None:
         gateway.stop()
 
 
-def _clients(args: tuple[str, str, int]) -> list[tuple[list[str], int]]:
-    """Several clients in one process (threads), all through nginx: (event ids, connections)."""
-    base, job, n = args
-    results: list[tuple[list[str], int]] = [([], 0) for _ in range(n)]
-
-    def one(i: int) -> None:
-        events, connections = follow(base, job, timeout_s=60)
-        results[i] = ([e.id for e in events], connections)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
-
-
-def _publish(url: str, job: str, n: int, pace_s: float) -> None:
-    with SyncPublisher(url) as pub:
-        step = pub.job(job, name="nginx").step("s")
-        for i in range(n):
-            step.worker(f"w{i % 5}").info(f"entry {i}", i=i)
-            if pace_s and i % 50 == 0:
-                time.sleep(pace_s)
-        pub.job(job).end("completed")
-
-
 def _clients_on(gateway: GatewayProcess) -> int:
     return int(httpx.get(f"{gateway.url}/readyz").json()["clients"])
 
@@ -171,14 +144,14 @@ def test_50_clients_through_nginx_resume_on_the_other_gateway_after_kill_9(
     try:
         _start(gateways, nginx)
         with multiprocessing.get_context("spawn").Pool(10) as pool:
-            pending = pool.map_async(_clients, [(nginx.url, job, 5)] * 10)
+            pending = pool.map_async(follow_many, [(nginx.url, job, 5)] * 10)
             deadline = time.monotonic() + 30
             while _clients_on(first) + _clients_on(second) < 50:
                 assert time.monotonic() < deadline, "50 clients did not connect through nginx"
                 time.sleep(0.1)
             on_first = _clients_on(first)
             assert 0 < on_first < 50, "nginx spreads the clients over both gateways"
-            publisher = threading.Thread(target=_publish, args=(redis_server.url, job, 5000, 0.01))
+            publisher = threading.Thread(target=publish_paced, args=(redis_server.url, job, 5000, 0.01))
             publisher.start()
             while _stored_entries(second, job) < 1500 and publisher.is_alive():
                 time.sleep(0.02)
