@@ -23,6 +23,7 @@ from .fanout import Fanout
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .settings import GatewaySettings
 from .stream import stream_job
+from .subscriber import watchdog
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
@@ -71,8 +72,11 @@ def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-
         await _connect(client, url or f"Sentinel master {settings.sentinel_master}")
         metrics_ = Metrics()
         fanout = Fanout(client, connector, settings, metrics_)
-        app[GATEWAY] = Gateway(settings, url, client, fanout, metrics_, settings.keyspace)
+        app[GATEWAY] = gw = Gateway(settings, url, client, fanout, metrics_, settings.keyspace)
+        reaper = asyncio.get_running_loop().create_task(watchdog(gw), name="logbroker-watchdog")
         yield
+        reaper.cancel()
+        await asyncio.wait([reaper])
         await fanout.aclose()
         await client.aclose()
         await connector.aclose()

@@ -153,7 +153,7 @@ class JobFeed:
         self._sids: list[StreamId] = []
         self._head = 0
         self._bytes = 0
-        self._changed = asyncio.Event()
+        self._listeners: set[asyncio.Event] = set()
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -162,9 +162,13 @@ class JobFeed:
     def nbytes(self) -> int:
         return self._bytes
 
-    def waiter(self) -> asyncio.Event:
-        """Set at the next append; take it *before* reading, so nothing can slip in between."""
-        return self._changed
+    def listen(self, wake: asyncio.Event) -> None:
+        """``wake`` is set at every append (each subscriber has its own, so it can also be woken
+        alone, for shutdown)."""
+        self._listeners.add(wake)
+
+    def unlisten(self, wake: asyncio.Event) -> None:
+        self._listeners.discard(wake)
 
     def append(self, raw: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> int:
         added = 0
@@ -179,8 +183,8 @@ class JobFeed:
             added += 1
         if added:
             self._trim()
-            changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
+            for wake in self._listeners:
+                wake.set()
         return added
 
     def _trim(self) -> None:

@@ -56,6 +56,7 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
                 request.transport.abort()
             raise
         finally:
+            sub.report()
             gw.subscribers.discard(sub)
             gw.metrics.clients.dec()
     return resp

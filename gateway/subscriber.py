@@ -30,6 +30,10 @@ class ClientGone(Exception):
 
 
 class Subscriber:
+    """Costs per write are kept off the hot path: the feed wakes each subscriber through its own
+    event, a watchdog (not a timer per write) reaps clients stuck in a write, and metrics are
+    added in batches."""
+
     def __init__(
         self,
         gw: Gateway,
@@ -46,38 +50,50 @@ class Subscriber:
         self.filter = flt
         self.cursor = cursor
         self.sent = 0
-        self._stop = asyncio.Event()
+        self.writing_since: float | None = None  # loop time a pending write started (watchdog)
+        self._stopped = False
+        self._wake = asyncio.Event()
+        self._unreported = [0, 0, 0]  # entries, bytes, writes not yet added to the metrics
 
     def stop(self) -> None:
         """Graceful shutdown: the stream ends cleanly and the client reconnects elsewhere."""
-        self._stop.set()
+        self._stopped = True
+        self._wake.set()
+
+    def reap(self) -> None:
+        """Called by the watchdog: the client has not taken a write for ``write_timeout_s``."""
+        self.gw.metrics.reaped.inc()
+        log.info(
+            "closing SSE client of %s: no progress in %ss", self.feed.job, self.gw.settings.write_timeout_s
+        )
+        if self.request.transport is not None:
+            self.request.transport.abort()
 
     async def run(self) -> None:
+        self.feed.listen(self._wake)
         try:
-            while not self._stop.is_set():
-                waiter = self.feed.waiter()
+            while not self._stopped:
+                self._wake.clear()  # before looking: an append after this wakes us
                 items = self.feed.after(self.cursor)
                 if items is None:
                     items = await self._page()
                 if not items:
-                    await self._idle(waiter)
+                    await self._idle()
                     continue
                 if await self._send(items):
                     return
         except ClientGone:
             return
-
-    async def _idle(self, waiter: asyncio.Event) -> None:
-        stop = asyncio.ensure_future(self._stop.wait())
-        change = asyncio.ensure_future(waiter.wait())
-        try:
-            done, _ = await asyncio.wait(
-                {stop, change}, timeout=self.gw.settings.heartbeat_s, return_when="FIRST_COMPLETED"
-            )
         finally:
-            stop.cancel()
-            change.cancel()
-        if not done:
+            self.feed.unlisten(self._wake)
+            self.report()
+
+    async def _idle(self) -> None:
+        self.report()
+        try:
+            async with asyncio.timeout(self.gw.settings.heartbeat_s):
+                await self._wake.wait()
+        except TimeoutError:
             await self.write(sse.comment("heartbeat"), None)
 
     async def _page(self) -> list[Item]:
@@ -114,36 +130,56 @@ class Subscriber:
         if not blob:
             return
         size = len(blob)
+        self.writing_since = asyncio.get_running_loop().time()
         try:
-            async with asyncio.timeout(self.gw.settings.write_timeout_s):
-                await self.resp.write(blob)
-                del blob  # the transport has its own copy; do not hold a second one while waiting
-                await self._drain()
-        except TimeoutError:
-            self.gw.metrics.reaped.inc()
-            log.info(
-                "closing SSE client of %s: no progress in %ss",
-                self.feed.job,
-                self.gw.settings.write_timeout_s,
-            )
-            if self.request.transport is not None:
-                self.request.transport.abort()
-            raise ClientGone from None
-        except (ConnectionError, RuntimeError) as e:  # reset by peer, or transport already closed
+            await self.resp.write(blob)
+            del blob  # the transport has its own copy; do not hold a second one while waiting
+            await self._drain()
+        except (ConnectionError, RuntimeError) as e:  # reset by peer, reaped, or transport closed
             raise ClientGone from e
-        metrics = self.gw.metrics
-        metrics.bytes_sent.inc(size)
+        finally:
+            self.writing_since = None
+        pending = self._unreported
+        pending[1] += size
         if cursor is not None:
-            metrics.entries_sent.inc(count)
+            pending[0] += count
             self.sent += count
             self.cursor = cursor
-            metrics.client_lag.observe(max(0.0, time.time() - cursor[0] / 1000))
+        pending[2] += 1
+        if pending[2] >= 64:
+            self.report()
+
+    def report(self) -> None:
+        """Add what was sent since the last report to the metrics (with one lag sample)."""
+        entries, size, writes = self._unreported
+        if not writes:
+            return
+        metrics = self.gw.metrics
+        metrics.entries_sent.inc(entries)
+        metrics.bytes_sent.inc(size)
+        metrics.client_lag.observe(max(0.0, time.time() - self.cursor[0] / 1000))
+        self._unreported = [0, 0, 0]
 
     async def _drain(self) -> None:
         # aiohttp's own write() only drains past 64 KiB of its counter; ask the writer directly
         writer = self.resp._payload_writer
         if writer is not None:
             await writer.drain()
+
+
+async def watchdog(gw: Gateway) -> None:
+    """Reap clients stuck in one write for longer than the write timeout (half-open connections),
+    checking a few times per timeout instead of arming a timer for every write."""
+    timeout = gw.settings.write_timeout_s
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(min(1.0, timeout / 4))
+        now = loop.time()
+        for sub in list(gw.subscribers):
+            started = sub.writing_since
+            if started is not None and now - started > timeout:
+                sub.writing_since = None
+                sub.reap()
 
 
 async def trimmed_since(gw: Gateway, job: str, cursor: StreamId) -> StreamId | None:
