@@ -78,11 +78,14 @@ class RedisClusterProcesses:
             return bool(r.cluster("info")["cluster_state"] == "ok")
 
     def masters(self) -> list[int]:
-        with redis.Redis(port=self.ports[0]) as r:
-            nodes = r.cluster("nodes")
-        return sorted(
-            int(a.split(":")[1].split("@")[0]) for a, n in nodes.items() if "slave" not in n["flags"]
-        )
+        """Asked of each node itself (ROLE): right after creation, gossip may not have told every
+        node yet which others are replicas."""
+        masters = []
+        for port in self.ports:
+            with redis.Redis(port=port) as r:
+                if r.execute_command("ROLE")[0] == b"master":
+                    masters.append(port)
+        return sorted(masters)
 
     def stop(self) -> None:
         for s in self.servers:
