@@ -122,3 +122,33 @@ def test_fanout_smoke_run_was_exact_and_measured_something(fanout_result: dict[s
     assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert slow["slow_clients_stalled"] is True, "slow clients must still be connected when memory is read"
     assert slow["rss_with_stalled_clients_kib"] > 0
+
+
+CLUSTER_SCRIPT = ROOT / "benchmarks" / "cluster.py"
+CLUSTER_KEYS = ("date", "machine", "sizes", "single", "cluster", "ratios", "exact")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(130)  # the run itself is bounded at 120 s (it takes ~6-11 s)
+def test_cluster_smoke_run_is_exact_on_both_topologies() -> None:
+    """benchmarks/cluster.py --smoke: a single server and a 3-master cluster (its own processes), the
+    documented keys, every entry stored and every event delivered on both, jobs on every master."""
+    cmd = [sys.executable, str(CLUSTER_SCRIPT), "--smoke"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert set(CLUSTER_KEYS) <= result.keys()
+    assert result["exact"] is True
+    single, cluster, sizes = result["single"], result["cluster"], result["sizes"]
+    assert (single["masters"], cluster["masters"], cluster["replicas"]) == (1, 3, 0)
+    jobs = sizes["publishers"] * sizes["jobs_per_publisher"]
+    per_job = sizes["entries"] // sizes["jobs_per_publisher"]
+    for topology in (single, cluster):
+        publish, delivery = topology["publish"], topology["delivery"]
+        assert publish["verified"] is True and delivery["verified"] is True and delivery["exact"] is True
+        assert publish["entries_per_s"] > 0 and delivery["deliveries_per_s"] > 0
+        assert delivery["deliveries"] == delivery["clients"] * (per_job + 1)
+        assert len(publish["redis_cpu_s"]) == topology["masters"]
+        assert sum(publish["jobs_per_master"].values()) == jobs
+    assert all(n > 0 for n in cluster["publish"]["jobs_per_master"].values()), "jobs on every master"
+    assert set(result["ratios"]) == {"publish_cluster_vs_single", "delivery_cluster_vs_single"}
