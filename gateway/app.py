@@ -72,7 +72,7 @@ def _lifecycle(settings: GatewaySettings, url: str):  # type: ignore[no-untyped-
         await _connect(client, url or f"Sentinel master {settings.sentinel_master}")
         metrics_ = Metrics()
         fanout = Fanout(client, connector, settings, metrics_)
-        app[GATEWAY] = gw = Gateway(settings, url, client, fanout, metrics_, settings.keyspace)
+        app[GATEWAY] = gw = Gateway(settings, client, fanout, metrics_, settings.keyspace)
         reaper = asyncio.get_running_loop().create_task(watchdog(gw), name="logbroker-watchdog")
         yield
         reaper.cancel()

@@ -16,10 +16,11 @@ from pydantic import ValidationError
 
 from .app import create_app
 from .auth import RedactingAccessLogger, mint_token
-from .demo import run_demo, steps_for
+from .demo import run_demo
 from .redis_server import RedisServer, RedisServerError
 from .settings import GatewaySettings
 from .tail import Tail, TailOptions
+from .workload import job_generator
 
 log = logging.getLogger("gateway.cli")
 
@@ -142,7 +143,9 @@ def run_demo_command(args: argparse.Namespace, settings: GatewaySettings) -> int
             file=sys.stderr,
         )
         return 2
-    steps = steps_for(args.logs, args.speed, not args.no_slow_step, args.fan_out)
+    steps = job_generator(
+        logs=args.logs, speed=args.speed, slow_step=not args.no_slow_step, fan_out=args.fan_out
+    )
     try:
         return asyncio.run(run_demo(settings, steps, args.workers))
     except KeyboardInterrupt:

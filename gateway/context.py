@@ -21,7 +21,6 @@ if TYPE_CHECKING:
 @dataclass(eq=False)
 class Gateway:
     settings: GatewaySettings
-    url: str
     redis: AnyRedis
     fanout: Fanout
     metrics: Metrics

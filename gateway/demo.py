@@ -23,7 +23,7 @@ from .auth import mint_token
 from .redis_server import RedisServer
 from .settings import GatewaySettings
 from .sse_reader import SSEParser
-from .workload import StepSpec, expected_entries, job_generator, run_step
+from .workload import StepSpec, expected_entries, run_step
 
 
 @dataclass
@@ -129,7 +129,3 @@ def _report(job: str, steps: list[StepSpec], published: int, not_stored: int, f:
     print(f"  lost = {lost}", flush=True)
     ok = lost == 0 and published == expected and not_stored == 0 and f.duplicates == 0 and f.line_errors == 0
     return 0 if ok else 1
-
-
-def steps_for(logs: float, speed: float, slow_step: bool, fan_out: int) -> list[StepSpec]:
-    return job_generator(logs=logs, speed=speed, slow_step=slow_step, fan_out=fan_out)
