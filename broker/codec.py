@@ -10,6 +10,7 @@ src, seq, fields]`` with level and kind as numbers (see ``constants``).
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -103,8 +104,14 @@ def pack_batch(items: list[bytes]) -> bytes:
 
 
 def ms_to_iso(ts_ms: int) -> str:
-    dt = _EPOCH + timedelta(milliseconds=ts_ms)
-    return f"{dt.year:04d}-{dt:%m-%dT%H:%M:%S}.{ts_ms % 1000:03d}Z"  # %Y does not pad years < 1000
+    return f"{_second_to_iso(ts_ms // 1000)}.{ts_ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second_to_iso(second: int) -> str:
+    """Entries come in bursts within the same second: format each second once (a hot path)."""
+    dt = _EPOCH + timedelta(seconds=second)
+    return f"{dt.year:04d}-{dt:%m-%dT%H:%M:%S}"  # %Y does not pad years < 1000
 
 
 def iso_to_ms(text: str) -> int:

@@ -54,6 +54,7 @@ class Subscriber:
         self._stopped = False
         self._wake = asyncio.Event()
         self._unreported = [0, 0, 0]  # entries, bytes, writes not yet added to the metrics
+        self._backlog: list[Item] = []  # the rest of a page read from Redis, not yet sent
 
     def stop(self) -> None:
         """Graceful shutdown: the stream ends cleanly and the client reconnects elsewhere."""
@@ -74,13 +75,14 @@ class Subscriber:
         try:
             while not self._stopped:
                 self._wake.clear()  # before looking: an append after this wakes us
-                items = self.feed.after(self.cursor)
+                paged = bool(self._backlog)
+                items = self._backlog or self.feed.after(self.cursor)
                 if items is None:
-                    items = await self._page()
+                    items, paged = await self._page(), True
                 if not items:
                     await self._idle()
                     continue
-                if await self._send(items):
+                if await self._send(items, paged):
                     return
         except ClientGone:
             return
@@ -117,11 +119,15 @@ class Subscriber:
             return self.feed.after(self.feed.base) or []
         return [make_item(self.feed.job, i, f) for i, f in raw]
 
-    async def _send(self, items: list[Item]) -> bool:
-        """Write what is due in one go; True once the end event is out."""
+    async def _send(self, items: list[Item], paged: bool = False) -> bool:
+        """Write what is due in one go; True once the end event is out. What a write chunk could
+        not take of a page from Redis is kept for the next write, never read and decoded twice."""
         blob, cursor, ended, count = frames(items, self.filter, self.gw.settings.write_chunk_bytes)
-        del items  # only the blob, not the ring slice, waits on a slow client
+        rest = _after(items, cursor) if paged and cursor is not None else []
+        del items  # only the blob (and a page's rest), not the ring slice, waits on a slow client
+        self._backlog = []
         await self.write(blob, cursor, count)
+        self._backlog = rest
         return ended
 
     async def write(self, blob: bytes, cursor: StreamId | None, count: int = 0) -> None:
@@ -165,6 +171,13 @@ class Subscriber:
         writer = self.resp._payload_writer
         if writer is not None:
             await writer.drain()
+
+
+def _after(items: list[Item], cursor: StreamId) -> list[Item]:
+    k = 0
+    while k < len(items) and items[k].sid <= cursor:
+        k += 1
+    return items[k:]
 
 
 async def watchdog(gw: Gateway) -> None:

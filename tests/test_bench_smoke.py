@@ -152,3 +152,44 @@ def test_cluster_smoke_run_is_exact_on_both_topologies() -> None:
         assert sum(publish["jobs_per_master"].values()) == jobs
     assert all(n > 0 for n in cluster["publish"]["jobs_per_master"].values()), "jobs on every master"
     assert set(result["ratios"]) == {"publish_cluster_vs_single", "delivery_cluster_vs_single"}
+
+
+E2E_SCRIPT = ROOT / "benchmarks" / "e2e.py"
+E2E_KEYS = ("date", "command", "machine", "sizes", "ours", "baseline", "ours_vs_baseline", "goals", "exact")
+E2E_GOALS = (
+    "zero_lost_duplicated_out_of_order_every_client",
+    "publish_eps_per_process>=150000",
+    "gateway_rss<=256MiB",
+    "every_metric>=5x_baseline",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(130)  # the run itself is bounded at 120 s (it takes ~10 s)
+def test_e2e_smoke_run_is_exact_and_compares_with_the_baseline() -> None:
+    """benchmarks/e2e.py --smoke: ours and the naive baseline on the same tiny workload (their own
+    redis-servers, gateways, publisher and client processes); every client of ours, slow ones
+    included, got every event once and in order, and each metric has an ours/baseline ratio."""
+    cmd = [sys.executable, str(E2E_SCRIPT), "--smoke"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert set(E2E_KEYS) <= result.keys()
+    ours, base, sizes = result["ours"], result["baseline"], result["sizes"]
+    assert result["exact"] is True and ours["exact"] is True and ours["completed"] is True
+    expected = sizes["workers"] * sizes["entries"] + 1  # the end entry too
+    assert ours["redis"]["xlen"] == base["redis"]["xlen"] == expected
+    assert len(ours["clients"]) == sizes["clients"]
+    assert sum(c["slow"] for c in ours["clients"]) == sizes["slow_clients"] >= 1
+    for row in ours["clients"]:
+        counts = (row["received"], row["unique"], row["duplicates"], row["out_of_order"])
+        assert counts == (expected, expected, 0, 0) and row["exact"] is True, row
+    assert ours["publish"]["eps"] > 0 and ours["delivery"]["fast_done_s"] > 0
+    assert 0 < ours["latency_fast_clients"]["p50_ms"] <= ours["latency_fast_clients"]["p99_ms"]
+    assert ours["gateway"]["rss_peak_kib"] > 0 and ours["redis"]["used_memory"] > 0
+    assert base["completed"] is True, "the tiny baseline run fits its time box"
+    for name, ratio in result["ours_vs_baseline"].items():
+        assert ratio["factor"] is not None and ratio["factor"] > 0, name
+    goals = result["goals"]
+    assert set(E2E_GOALS) <= goals.keys()
+    assert all(isinstance(goals[g], bool) for g in E2E_GOALS)
