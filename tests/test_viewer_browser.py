@@ -101,6 +101,24 @@ def test_live_panels_survive_a_gateway_restart(page: Any, redis_server: RedisSer
     _check_filters(page, "beta")
 
 
+def test_job_list_links_to_the_job(page: Any, redis_server: RedisServer, tmp_path: Path) -> None:
+    for job in ("list-a", "list-b"):
+        with SyncPublisher(redis_server.url) as pub:
+            pub.job(job, name=f"Listed {job}", type="manager").end("completed")
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        page.goto(f"{gw.url}/#/")
+        page.wait_for_selector('table.jobs a[href="#/jobs/list-b"]', timeout=10_000)
+        rows = page.eval_on_selector_all("table.jobs tr", "rs => rs.slice(1).map(r => r.innerText)")
+        assert [r.split()[0] for r in rows] == ["list-b", "list-a"], "newest activity first"
+        assert "Listed list-b" in rows[0] and "completed" in rows[0]
+        page.click('a[href="#/jobs/list-a"]')
+        page.wait_for_function("document.getElementById('conn').textContent === 'ended'", timeout=10_000)
+        assert page.text_content("#job-title").startswith("list-a")
+    finally:
+        gw.stop()
+
+
 def _visible(page: Any, step: str) -> list[tuple[str, str]]:
     script = "els => els.filter(e => e.offsetParent !== null).map(e => [e.dataset.worker, e.className])"
     return [tuple(x) for x in page.eval_on_selector_all(f'.step[data-step="{step}"] .line', script)]

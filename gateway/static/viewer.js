@@ -207,6 +207,12 @@ class JobView {
       }
       const before = successor(this.lastId);
       await Promise.all([...this.panels.values()].map(async (p) => p.append(await p.page(before))));
+      if (meta.end_id) {
+        // ended before we came: everything is loaded, and the stream would only answer 204
+        this.ended = true;
+        setConn("ended");
+        return;
+      }
     }
     this.follow();
   }
