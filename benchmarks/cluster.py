@@ -28,9 +28,7 @@ import datetime
 import json
 import multiprocessing
 import os
-import platform
 import queue
-import resource
 import secrets
 import signal
 import subprocess
@@ -49,6 +47,19 @@ from typing import Any, Self
 
 import aiohttp
 import redis
+from common import (
+    END_MARK,
+    ID_MARK,
+    MESSAGE_BYTES,
+    TAIL_BYTES,
+    cpu_self_s,
+    log,
+    machine_with_aiohttp,
+    message,
+    proc_cpu_s,
+    split,
+    stop_process,
+)
 from redis.cluster import RedisCluster
 
 from broker import Keyspace, Publisher, PublisherConfig, WorkerHandle
@@ -59,14 +70,10 @@ if str(ROOT) not in sys.path:  # tests/ is not an installed package; its cluster
     sys.path.insert(0, str(ROOT))
 from tests.cluster import RedisClusterProcesses  # noqa: E402
 
-MESSAGE_BYTES = 200
 WORKERS_PER_JOB = 2
 MASTERS = 3
 REPLICAS = 0  # sharding, not replication, is what is compared; replicas would only add processes
 PUBLISHER = "async"  # broker.Publisher: the faster of the two in benchmarks/publish.py (README results)
-ID_MARK = b"\nid: "  # once in every event frame (the first one follows the "retry: ...\n\n" preamble)
-END_MARK = b"\nevent: end\n"
-TAIL_BYTES = len(END_MARK) - 1  # enough to find either mark across a chunk boundary
 _MP = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from the parent
 
 
@@ -85,34 +92,6 @@ class Sizes:
 SMOKE = Sizes(
     publishers=2, entries=2_000, jobs_per_publisher=4, clients=8, client_processes=2, timeout_s=60.0
 )
-
-
-def log(msg: str) -> None:
-    """Progress for the human; stdout is reserved for the one JSON result."""
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def message(i: int) -> str:
-    """A ~200-byte log line whose number varies, like a real worker's progress line."""
-    return f"processed item {i} ".ljust(MESSAGE_BYTES, ".")
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` spread as evenly as possible over ``parts``."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def cpu_self_s() -> float:
-    """User + system CPU seconds of this process, from getrusage."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def proc_cpu_s(pid: int) -> float:
-    """utime + stime from /proc/<pid>/stat: what a child process cost, whoever shares the cores."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def entries_per_job(n: int, jobs: int) -> list[int]:
@@ -424,15 +403,7 @@ class GatewayProc:
         return proc_cpu_s(self.process.pid)
 
     def stop(self) -> None:
-        """SIGTERM first (the gateway ends its streams), SIGKILL if that takes too long."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 @contextmanager
@@ -643,29 +614,11 @@ def measure(target: Target, tmp: Path, sizes: Sizes) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str | None:
-    """For the README's machine line; None where /proc/cpuinfo does not exist."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
 def machine(target: Target) -> dict[str, Any]:
     """What the numbers depend on, so a result is never read without its context."""
     with redis.Redis.from_url(target.url) as client:
         version = client.info("server").get("redis_version")
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "redis_version": version,
-    }
+    return machine_with_aiohttp(version)
 
 
 def ratio(cluster: float, single: float) -> float:

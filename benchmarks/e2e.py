@@ -34,9 +34,7 @@ import os
 import platform
 import queue
 import re
-import resource
 import secrets
-import signal
 import subprocess
 import sys
 import tempfile
@@ -57,6 +55,18 @@ import aiohttp
 import redis
 import redis.asyncio
 from baselines.naive_publisher import NaiveJob
+from common import (
+    END_MARK,
+    MESSAGE_BYTES,
+    cpu_model,
+    cpu_self_s,
+    message,
+    proc_cpu_s,
+    proc_status_kib,
+    py_spy,
+    stop_process,
+)
+from common import percentile as nearest_rank
 
 from broker import Keyspace, Publisher, WorkerHandle
 from gateway.redis_server import RedisServer, free_port
@@ -64,11 +74,9 @@ from gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
 NAIVE_GATEWAY = Path(__file__).resolve().parent / "baselines" / "naive_gateway.py"
-MESSAGE_BYTES = 200
 JOB_NAME, JOB_TYPE, STEP = "Fan-out 301", "benchmark", "fanout"
 ID_RE = re.compile(rb"\nid: (\d+)-(\d+)\n")  # every event frame has exactly one id line
 STAMP_RE = re.compile(rb'"t_ns":(\d+)')
-END_MARK = b"\nevent: end\n"
 SEQ_SPAN = 1 << 24  # key = (ms - first ms) * SEQ_SPAN + seq: one int64 per id, ordered like (ms, seq)
 SLOW_READ_BYTES = 4096  # a slow client's read size: ~9 events, then it sleeps to keep its rate
 STOP_GRACE_S = 30.0  # for stopped client processes to send what they counted
@@ -116,16 +124,9 @@ def log(msg: str) -> None:
     print(f"[e2e] {msg}", file=sys.stderr, flush=True)
 
 
-def message(i: int) -> str:
-    """A log line of MESSAGE_BYTES characters whose number varies, like a real worker's progress line."""
-    return f"processed item {i} ".ljust(MESSAGE_BYTES, ".")
-
-
 def percentile(ordered: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted list (None when empty)."""
-    if not ordered:
-        return None
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
+    return nearest_rank(ordered, q) if ordered else None
 
 
 def share(total: int, parts: int, index: int) -> list[int]:
@@ -244,12 +245,6 @@ class ClientProcReport:
 
     clients: list[ClientSummary]
     cpu_s: float
-
-
-def cpu_self_s() -> float:
-    """User + system CPU seconds of this process."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def read_fast(resp: aiohttp.ClientResponse, tally: Tally) -> None:
@@ -608,33 +603,13 @@ class GatewayProc:
         raise TimeoutError(f"gateway reports {seen} clients, expected {n}")
 
     def stop(self) -> None:
-        """SIGTERM first, SIGKILL if that takes too long."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def cpu_s(self) -> float:
-        """utime + stime from /proc/<pid>/stat."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return proc_cpu_s(self.pid)
 
     def memory_kib(self, key: str = "VmRSS") -> int:
-        """VmRSS (or VmHWM, the kernel's peak) from /proc/<pid>/status, in KiB."""
         return proc_status_kib(self.pid, key)
-
-
-def proc_status_kib(pid: int, key: str) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"no {key} in /proc/{pid}/status")
 
 
 def gateway_cmd(variant: str, port: int, redis_url: str) -> list[str]:
@@ -687,29 +662,6 @@ class RssMonitor:
                 return
 
 
-@contextmanager
-def py_spy(pid: int, out: str | None) -> Iterator[None]:
-    """Sample the gateway with py-spy while the block runs (flamegraph for .svg, else collapsed stacks)."""
-    if out is None:
-        yield
-        return
-    fmt = "flamegraph" if out.endswith(".svg") else "raw"
-    binary = Path(sys.executable).with_name("py-spy")
-    cmd = [str(binary), "record", "--pid", str(pid), "--rate", "100", "--format", fmt, "-o", out]
-    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the measured window starts
-    try:
-        yield
-    finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-        log(f"py-spy profile of the gateway written to {out}")
-
-
 # --- one variant ----------------------------------------------------------------------------------
 
 
@@ -751,7 +703,7 @@ def run_variant(variant: str, sizes: Sizes, time_box_s: float | None, spy: str |
         pool = stack.enter_context(ClientPool(gw.url, job, sizes))
         gw.wait_for_clients(sizes.clients)
         pubs = stack.enter_context(PublisherPool(variant, server.url, job, sizes))
-        with py_spy(gw.pid, spy):
+        with py_spy(gw.pid, spy, rate=100, say=log):
             deliver(obs, sizes, gw, pubs, pool, server.url, job)
         obs.rss_peak_kib, obs.rss_samples = rss.peak_kib, rss.samples
         obs.vmhwm_kib = gw.memory_kib("VmHWM")
@@ -993,18 +945,6 @@ def goals(ours: dict[str, Any], ratios: dict[str, Any] | None, base_done: bool) 
 
 
 # --- the run --------------------------------------------------------------------------------------
-
-
-def cpu_model() -> str | None:
-    """For the README's machine line; None where /proc/cpuinfo does not exist."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
 
 
 def machine() -> dict[str, Any]:

@@ -27,11 +27,9 @@ import fcntl
 import json
 import multiprocessing
 import os
-import platform
 import queue
 import resource
 import secrets
-import signal
 import socket
 import struct
 import subprocess
@@ -49,18 +47,30 @@ from typing import Any
 
 import aiohttp
 import redis
+from common import (
+    END_MARK,
+    ID_MARK,
+    MESSAGE_BYTES,
+    TAIL_BYTES,
+    cpu_self_s,
+    log,
+    machine_with_aiohttp,
+    message,
+    percentile,
+    proc_cpu_s,
+    proc_status_kib,
+    py_spy,
+    split,
+    stop_process,
+)
 
 from broker import Publisher, WorkerHandle
 from gateway.redis_server import RedisServer, free_port
 from gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
-MESSAGE_BYTES = 200
 SLOW_MESSAGE_BYTES = 1024
 WORKERS = 8
-ID_MARK = b"\nid: "  # once in every event frame (the first one follows the "retry: ...\n\n" preamble)
-END_MARK = b"\nevent: end\n"
-TAIL_BYTES = len(END_MARK) - 1  # enough to find either mark across a chunk boundary
 SLOW_RCVBUF = 4096
 CONNECT_BATCH = 100  # slow clients connected at a time, below aiohttp's listen backlog of 128
 GOAL_DELIVERIES_PER_S = 1_000_000
@@ -94,26 +104,6 @@ class Sizes:
 # part 3 of the smoke run still sends each slow client ~10 MB: more than Linux's 4 MB autotuned
 # send buffer (tcp_wmem max), so the clients really stall the gateway rather than the kernel
 SMOKE = Sizes(8, 2, 2_000, 10_000, 1.0, 2, 50, 2, 8_000, 1.0, 60.0)
-
-
-def log(msg: str) -> None:
-    """Progress for the human; stdout is reserved for the one JSON result."""
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def message(i: int, size: int = MESSAGE_BYTES) -> str:
-    """A log line of ``size`` characters whose number varies, like a real worker's progress line."""
-    return f"processed item {i} ".ljust(size, ".")
-
-
-def split(total: int, parts: int) -> list[int]:
-    """``total`` spread as evenly as possible over ``parts`` (clients over processes)."""
-    return [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
-
-
-def percentile(ordered: list[float], q: float) -> float:
-    """Nearest-rank percentile of an already sorted list."""
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
 # --- SSE clients (run in child processes) -----------------------------------------------------------
@@ -169,12 +159,6 @@ class ProcReport:
 
     tallies: list[Tally]
     cpu_s: float
-
-
-def cpu_self_s() -> float:
-    """User + system CPU seconds of this process, from getrusage."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 async def _read(resp: aiohttp.ClientResponse, parse: bool) -> Tally:
@@ -309,29 +293,14 @@ class GatewayProc:
             return None
 
     def stop(self) -> None:
-        """SIGTERM first (the gateway ends its streams), SIGKILL if that takes too long."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def cpu_s(self) -> float:
-        """utime + stime from /proc/<pid>/stat: what the gateway cost, whoever else shares the cores."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """What the gateway cost, whoever else shares the cores."""
+        return proc_cpu_s(self.pid)
 
     def memory_kib(self, key: str = "VmRSS") -> int:
-        """VmRSS (or VmHWM, the peak) from /proc/<pid>/status, in KiB."""
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-        raise RuntimeError(f"no {key} in /proc/{self.pid}/status")
+        return proc_status_kib(self.pid, key)
 
     def wait_for_clients(self, n: int, timeout_s: float = 60.0) -> None:
         """Until the gateway itself reports exactly ``n`` SSE clients (so all are subscribed)."""
@@ -364,29 +333,6 @@ def effective_settings(overrides: dict[str, object]) -> dict[str, Any]:
     """The settings the gateway ran with: its own parser over the same environment and overrides."""
     settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
     return {name: getattr(settings, name) for name in REPORTED_SETTINGS}
-
-
-@contextmanager
-def py_spy(pid: int, out: str | None) -> Iterator[None]:
-    """Sample the gateway with py-spy while the block runs (flamegraph for .svg, else collapsed)."""
-    if out is None:
-        yield
-        return
-    fmt = "flamegraph" if out.endswith(".svg") else "raw"
-    binary = Path(sys.executable).with_name("py-spy")
-    cmd = [str(binary), "record", "--pid", str(pid), "--rate", "200", "--format", fmt, "-o", out]
-    spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.0)  # attached before the measured window starts
-    try:
-        yield
-    finally:
-        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
-        try:
-            spy.wait(30)
-        except subprocess.TimeoutExpired:
-            spy.kill()
-            spy.wait()
-        log(f"py-spy profile of the gateway written to {out}")
 
 
 # --- publishing -----------------------------------------------------------------------------------
@@ -488,7 +434,7 @@ def measure_throughput(
     pool = ClientPool(gw.url, job, sizes.clients, sizes.client_processes, 0, sizes.timeout_s)
     with pool:
         gw.wait_for_clients(sizes.clients)
-        with py_spy(gw.pid, spy):
+        with py_spy(gw.pid, spy, rate=200):
             cpu = CpuUse.now(gw, rc)
             start = asyncio.run(publish_burst(url, job, sizes.entries, MESSAGE_BYTES))
             publish_s = time.monotonic() - start
@@ -681,27 +627,9 @@ def slow_result(
 # --- the run --------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str | None:
-    """For the README's machine line; None where /proc/cpuinfo does not exist."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
 def machine(client: redis.Redis) -> dict[str, Any]:
     """What the numbers depend on, so a result is never read without its context."""
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "redis_version": client.info("server").get("redis_version"),
-    }
+    return machine_with_aiohttp(client.info("server").get("redis_version"))
 
 
 def summarize(

@@ -41,11 +41,11 @@ from typing import Any
 from urllib.parse import urlparse
 
 import redis
+from common import MESSAGE_BYTES, cpu_model, log, message
 
 from broker import Keyspace, Publisher, PublisherConfig, SyncPublisher, WorkerHandle
 from gateway.redis_server import RedisServer
 
-MESSAGE_BYTES = 200
 STEPS = 4
 WORKERS_PER_STEP = 2
 DEFAULT_ENTRIES = 300_000
@@ -57,16 +57,6 @@ RB_KEYSPACE = 100_000
 RB_KEY_PREFIX = "benchbench:"
 CHILD_TIMEOUT_S = 600.0
 _MP = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from the parent
-
-
-def log(msg: str) -> None:
-    """Progress for the human; stdout is reserved for the one JSON result."""
-    print(f"[bench] {msg}", file=sys.stderr, flush=True)
-
-
-def message(i: int) -> str:
-    """A ~200-byte log line whose number varies, like a real worker's progress line."""
-    return f"processed item {i} ".ljust(MESSAGE_BYTES, ".")
 
 
 def _workers(pub: Publisher | SyncPublisher, job: str) -> list[WorkerHandle[Any]]:
@@ -231,18 +221,6 @@ def reference_rates(url: str, client: redis.Redis, n: int) -> dict[str, float | 
         drop_benchbench_keys(client)
         log(f"  {rates[label]} requests/s")
     return rates
-
-
-def cpu_model() -> str | None:
-    """For the README's machine line; None where /proc/cpuinfo does not exist."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
 
 
 def machine(client: redis.Redis) -> dict[str, Any]:
