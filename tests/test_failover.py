@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -125,6 +126,21 @@ def _check(entries: list[dict[str, object]], confirmed: list[int]) -> None:
     assert_exactly_once(entries)  # type: ignore[arg-type]
 
 
+def _check_stream(events: list[Any], entries: list[dict[str, Any]]) -> None:
+    """What a client can be promised across a failover with asynchronous replication: every
+    stored entry arrives, once, in order. It may also have seen entries the dead master had not
+    replicated yet (the publisher, unconfirmed, writes them again): those extras are never
+    invented, each is an earlier copy of a stored entry (same src and seq)."""
+    stored = [e["id"] for e in entries]
+    received = [e.id for e in events]
+    it = iter(received)
+    assert all(i in it for i in stored), "every stored entry reaches the client, in order"
+    keys = {(e["src"], e["seq"]) for e in entries}
+    extras = [e.json() for e in events if e.id not in set(stored)]
+    assert all((x["src"], x["seq"]) in keys for x in extras), "a client never sees an invented entry"
+    assert len(received) == len(set(received)), "no stream id twice"
+
+
 def test_sentinel_failover_loses_no_confirmed_entry(sentinel_set: SentinelSet) -> None:
     config = PublisherConfig(
         sentinels=tuple(f"127.0.0.1:{p}" for p in sentinel_set.sentinel_ports), sentinel_master="lb",
@@ -175,7 +191,7 @@ async def test_cluster_master_failover_with_replica_acks_while_streaming(
         rc.close()
         _check(entries, confirmed)  # type: ignore[arg-type]
         for body in bodies:
-            assert [e.id for e in parse(body).events] == [e["id"] for e in entries], "SSE lost or repeated"
+            _check_stream(parse(body).events, entries)  # type: ignore[arg-type]
     finally:
         cluster.stop()
 
@@ -208,4 +224,4 @@ async def test_gateway_through_sentinel_streams_across_a_failover(
     entries = read_job(redis.Redis(port=sentinel_set.current_master_port()), "sgw")
     _check(entries, confirmed)  # type: ignore[arg-type]
     for body in bodies:
-        assert [e.id for e in parse(body).events] == [e["id"] for e in entries], "SSE lost or repeated"
+        _check_stream(parse(body).events, entries)  # type: ignore[arg-type]
