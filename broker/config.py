@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .constants import (
@@ -25,6 +26,17 @@ from .entry import check_name
 from .errors import InvalidConfig, InvalidEntry
 from .keys import Keyspace
 from .script import Durability, Retention
+
+
+def sentinel_addresses(sentinels: Iterable[object]) -> list[tuple[str, int]]:
+    """``"host:port"`` strings as (host, port); the one parser for publishers and gateways."""
+    out = []
+    for address in sentinels:
+        host, _, port = str(address).rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidConfig(f"a sentinel is host:port, got {address!r}")
+        out.append((host, int(port)))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +108,7 @@ class PublisherConfig:
             raise InvalidConfig("use either sentinels or cluster, not both")
         if bool(self.sentinels) != bool(self.sentinel_master):
             raise InvalidConfig("sentinels and sentinel_master go together")
-        for address in self.sentinels:
-            host, _, port = address.rpartition(":")
-            if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                raise InvalidConfig(f"a sentinel is host:port, got {address!r}")
+        sentinel_addresses(self.sentinels)
 
     @property
     def durability(self) -> Durability:

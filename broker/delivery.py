@@ -19,7 +19,7 @@ import redis.asyncio
 import redis.asyncio.cluster
 import redis.cluster
 
-from .config import PublisherConfig
+from .config import PublisherConfig, sentinel_addresses
 from .constants import BACKOFF_INITIAL_MS, BACKOFF_MAX_MS
 from .outbox import Batch
 from .script import (
@@ -281,7 +281,7 @@ def _master_for(sentinel_class: Any, config: PublisherConfig) -> Any:
 
 
 def _addresses(sentinels: tuple[str, ...]) -> list[tuple[str, int]]:
-    return [(host, int(port)) for host, _, port in (s.rpartition(":") for s in sentinels)]
+    return sentinel_addresses(sentinels)
 
 
 async def load_script_async(client: AsyncRedis) -> None:

@@ -11,6 +11,8 @@ import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
 
+from broker.config import sentinel_addresses
+
 from .settings import GatewaySettings
 
 AnyRedis = redis.asyncio.Redis | RedisCluster
@@ -23,7 +25,7 @@ class Connector:
         self.url = url
         self._sentinel: Sentinel | None = None
         if settings.sentinels:
-            addresses = [(h, int(p)) for h, _, p in (a.rpartition(":") for a in settings.sentinels)]
+            addresses = sentinel_addresses(settings.sentinels)
             self._sentinel = Sentinel(addresses, socket_timeout=2, socket_connect_timeout=2)  # type: ignore[no-untyped-call,unused-ignore]
 
     async def aclose(self) -> None:

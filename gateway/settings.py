@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from broker.config import sentinel_addresses
 from broker.constants import (
     DEFAULT_ENDED_TTL_S,
     DEFAULT_IDLE_TTL_S,
@@ -95,17 +96,14 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, str):
             value = [part.strip() for part in value.split(",") if part.strip()]
         if isinstance(value, list | tuple):
-            for address in value:
-                host, _, port = str(address).rpartition(":")
-                if not host or not port.isdigit() or not 0 < int(port) < 65536:
-                    raise ValueError(f"a sentinel is host:port, got {address!r}")
+            sentinel_addresses(value)  # InvalidConfig is a ValueError: pydantic reports it
             return tuple(str(a) for a in value)
         return value
 
     @model_validator(mode="after")
     def _topology(self) -> GatewaySettings:
         if bool(self.sentinels) != bool(self.sentinel_master):
-            raise ValueError("LOGBROKER_SENTINELS and LOGBROKER_SENTINEL_MASTER go together")
+            raise ValueError("sentinels (LOGBROKER_SENTINELS) and sentinel_master go together")
         if self.sentinels and self.redis_cluster:
             raise ValueError("use either Sentinels or a Redis Cluster, not both")
         return self

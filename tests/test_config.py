@@ -188,3 +188,26 @@ def test_invalid_job_id_never_becomes_a_key(job: object) -> None:
         with pytest.raises(InvalidEntry) as info:
             method(job)  # type: ignore[arg-type]
         assert info.value.field == "job"
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"sentinels": ("no-port",), "sentinel_master": "m"},
+        {"sentinels": ("h:0",), "sentinel_master": "m"},
+        {"sentinels": ("h:26379",)},
+        {"sentinel_master": "m"},
+        {"sentinels": ("h:26379",), "sentinel_master": "m", "cluster": True},
+        {"replica_ack_timeout_ms": 0},
+        {"replica_acks": -1},
+    ],
+)
+def test_topology_options_are_checked(options: dict[str, object]) -> None:
+    with pytest.raises(InvalidConfig):
+        PublisherConfig(**options)  # type: ignore[arg-type]
+
+
+def test_sentinel_addresses_parse_host_and_port() -> None:
+    from broker.config import sentinel_addresses
+
+    assert sentinel_addresses(["127.0.0.1:26379", "::1:26380"]) == [("127.0.0.1", 26379), ("::1", 26380)]

@@ -50,6 +50,9 @@ def test_environment_is_read_with_the_logbroker_prefix(monkeypatch: pytest.Monke
         ("KEY_PREFIX", "a{b}"),
         ("KEY_PREFIX", ""),
         ("MAX_MESSAGE_BYTES", "100"),
+        ("SENTINELS", "no-port"),
+        ("SENTINELS", "127.0.0.1:99999"),
+        ("SENTINELS", "127.0.0.1:26379"),  # without LOGBROKER_SENTINEL_MASTER
     ],
 )
 def test_malformed_settings_are_refused_with_the_setting_named(
