@@ -40,18 +40,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from typing import Any, Self
 
-import aiohttp
 import redis
 from common import (
-    END_MARK,
-    ID_MARK,
     MESSAGE_BYTES,
-    TAIL_BYTES,
     cpu_self_s,
     log,
     machine_with_aiohttp,
@@ -61,6 +57,7 @@ from common import (
     stop_process,
 )
 from redis.cluster import RedisCluster
+from sse_wire import EventCounter, stream_all
 
 from broker import Keyspace, Publisher, PublisherConfig, WorkerHandle
 from gateway.redis_server import RedisServer, free_port
@@ -146,29 +143,6 @@ def publisher_main(
     results.put(result)
 
 
-@dataclass(slots=True)
-class Tally:
-    """One SSE connection's count, kept cheap: a byte search per chunk, no SSE parsing.
-
-    ``ID_MARK`` occurs exactly once per event, so counting it in (last bytes + chunk) minus its
-    count in those last bytes counts every event once even when a chunk boundary splits one.
-    """
-
-    events: int = 0
-    ended_at: float | None = None
-    tail: bytes = field(default=b"", repr=False)
-
-    def feed(self, chunk: bytes) -> bool:
-        """Count one chunk; True once the end event has arrived (stop reading)."""
-        data = self.tail + chunk
-        self.events += data.count(ID_MARK) - self.tail.count(ID_MARK)
-        if END_MARK in data:
-            self.ended_at = time.monotonic()
-            return True
-        self.tail = data[-TAIL_BYTES:]
-        return False
-
-
 @dataclass(frozen=True, slots=True)
 class ClientReport:
     """One client process: its connections' (events, end time) and its CPU time once connected."""
@@ -178,30 +152,12 @@ class ClientReport:
     cpu_s: float
 
 
-async def _read(resp: aiohttp.ClientResponse) -> Tally:
-    """One SSE client: read until the end event (the server closes the stream after it)."""
-    tally = Tally()
-    if resp.status != 200:
-        raise RuntimeError(f"stream answered {resp.status}: {(await resp.text())[:200]}")
-    async for chunk in resp.content.iter_any():
-        if tally.feed(chunk):
-            break
-    return tally
-
-
 async def _watch_all(urls: list[str], timeout_s: float) -> ClientReport:
-    """Connect every client first, then count CPU from there: start-up and imports are not fan-out."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        responses = await asyncio.gather(*(session.get(url) for url in urls))
-        cpu = cpu_self_s()
-        try:
-            tallies = await asyncio.gather(*(_read(r) for r in responses))
-        finally:
-            for resp in responses:
-                resp.close()
-        return ClientReport([t.events for t in tallies], [t.ended_at for t in tallies], cpu_self_s() - cpu)
+    """Every connection until its end event, counting ``ID_MARK`` in raw bytes (``sse_wire``); CPU
+    counts once all are open: start-up and imports are not fan-out."""
+    tallies = [EventCounter() for _ in urls]
+    cpu = await stream_all(urls, tallies, timeout_s)
+    return ClientReport([t.events for t in tallies], [t.ended_at for t in tallies], cpu)
 
 
 def client_main(urls: list[str], timeout_s: float, results: multiprocessing.Queue[Any]) -> None:

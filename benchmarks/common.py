@@ -19,9 +19,6 @@ from pathlib import Path
 from typing import Any
 
 MESSAGE_BYTES = 200
-ID_MARK = b"\nid: "  # once in every event frame (the first one follows the "retry: ...\n\n" preamble)
-END_MARK = b"\nevent: end\n"
-TAIL_BYTES = len(END_MARK) - 1  # enough to find either mark across a chunk boundary
 
 
 def log(msg: str) -> None:
@@ -92,7 +89,7 @@ def cpu_model() -> str | None:
 
 def machine_with_aiohttp(redis_version: str | None) -> dict[str, Any]:
     """The machine line of the gateway benchmarks (fanout.py, cluster.py)."""
-    import aiohttp  # only the gateway benchmarks have it as a client; publish.py does not need it
+    import aiohttp  # the gateway's HTTP library (the benchmarks' clients are sse_wire.py's)
 
     return {
         "nproc": len(os.sched_getaffinity(0)),

@@ -8,9 +8,10 @@ once and in stream order. The same workload then runs against the gateway and pu
 usually write first (``benchmarks/baselines/``), in the same run, so "fast" has a reference.
 
 Each variant gets a fresh private redis-server (AOF off) and its gateway as its own process; the
-clients connect before anything is published (the job does not exist yet). Clients check every
-event id (stream ids compared as (ms, seq) integer pairs) but do not parse the JSON: fast clients
-take the ``t_ns`` publish timestamp of every k-th entry (``--latency-every``) with a byte search.
+clients connect before anything is published (the job does not exist yet). Clients are
+``sse_wire`` connections (raw TCP, no HTTP library). They check every event id (stream ids compared
+as (ms, seq) integer pairs) but do not parse the JSON: fast clients take the ``t_ns`` publish
+timestamp of every k-th entry (``--latency-every``) with a regex over the raw bytes.
 
 Usage (from the repository root)::
 
@@ -56,7 +57,6 @@ import redis
 import redis.asyncio
 from baselines.naive_publisher import NaiveJob
 from common import (
-    END_MARK,
     MESSAGE_BYTES,
     cpu_model,
     cpu_self_s,
@@ -67,6 +67,7 @@ from common import (
     stop_process,
 )
 from common import percentile as nearest_rank
+from sse_wire import STAMP_RE, Pace, SseConnection, last_event_is_end, open_all
 
 from broker import Keyspace, Publisher, WorkerHandle
 from gateway.redis_server import RedisServer, free_port
@@ -76,9 +77,7 @@ ROOT = Path(__file__).resolve().parent.parent
 NAIVE_GATEWAY = Path(__file__).resolve().parent / "baselines" / "naive_gateway.py"
 JOB_NAME, JOB_TYPE, STEP = "Fan-out 301", "benchmark", "fanout"
 ID_RE = re.compile(rb"\nid: (\d+)-(\d+)\n")  # every event frame has exactly one id line
-STAMP_RE = re.compile(rb'"t_ns":(\d+)')
 SEQ_SPAN = 1 << 24  # key = (ms - first ms) * SEQ_SPAN + seq: one int64 per id, ordered like (ms, seq)
-SLOW_READ_BYTES = 4096  # a slow client's read size: ~9 events, then it sleeps to keep its rate
 STOP_GRACE_S = 30.0  # for stopped client processes to send what they counted
 GOAL_PUBLISH_EPS = 150_000
 GOAL_RSS_KIB = 256 * 1024
@@ -139,7 +138,8 @@ def share(total: int, parts: int, index: int) -> list[int]:
 
 @dataclass(slots=True)
 class Tally:
-    """One SSE connection's check of every event id, kept cheap: regex over complete events only.
+    """One SSE connection's check of every event id, kept cheap: regex over complete events only
+    (the raw body ``sse_wire`` hands over, chunked framing included: see that module).
 
     Ids arriving in increasing order are appended to ``seen`` (an int64 array, ordered). An id at or
     below the last one is a duplicate if ``seen`` holds it (binary search), else out of order.
@@ -178,7 +178,7 @@ class Tally:
             self._check(ids)
             if not self.slow:
                 self._stamp(STAMP_RE.findall(buf, 0, end), now_ns)
-        if buf.find(END_MARK, 0, end) >= 0:
+        if last_event_is_end(buf, end):
             self.ended_at = now
             return True
         return False
@@ -247,60 +247,45 @@ class ClientProcReport:
     cpu_s: float
 
 
-async def read_fast(resp: aiohttp.ClientResponse, tally: Tally) -> None:
-    """Whatever has arrived, as it arrives, until the end event."""
-    async for chunk in resp.content.iter_any():
-        if tally.feed(chunk):
-            return
+def slow_pace(tally: Tally, rate: float, seconds: float) -> Pace:
+    """A slow reader's pace, asked after each 4 KiB piece (``sse_wire.PACED_READ_BYTES``): wait until
+    at most ``rate`` events/s have been taken since the first event; full speed ``seconds`` after it.
 
-
-async def read_slow(resp: aiohttp.ClientResponse, tally: Tally, rate: float, seconds: float) -> None:
-    """At most ``rate`` events/s for ``seconds`` after the first event, small reads; then full speed.
-
-    aiohttp stops reading the socket while its buffer is full, so the gateway really sees a slow
-    reader (TCP backpressure), not a fast one whose data piles up in this process.
+    Meanwhile the connection does not read its socket (``pause_reading``), so the data waits in the
+    kernel's buffers and the gateway really sees a slow reader (TCP backpressure), not a fast one
+    whose data piles up in this process.
     """
-    while tally.first_at is None or time.monotonic() < tally.first_at + seconds:
-        chunk = await resp.content.read(SLOW_READ_BYTES)
-        if not chunk or tally.feed(chunk):
-            return
-        if tally.first_at is not None:
-            due = min(tally.first_at + tally.received / rate, tally.first_at + seconds)
-            await asyncio.sleep(max(0.0, due - time.monotonic()))
-    await read_fast(resp, tally)
+
+    def pause_s() -> float | None:
+        if tally.first_at is None:
+            return 0.0
+        now, until = time.monotonic(), tally.first_at + seconds
+        if now >= until:
+            return None  # the slow phase is over: the connection stops asking
+        return min(tally.first_at + tally.received / rate, until) - now
+
+    return pause_s
 
 
-async def follow(resp: aiohttp.ClientResponse, tally: Tally, rate: float, seconds: float) -> None:
+async def follow(conn: SseConnection, tally: Tally) -> None:
     """One client until its end event; a failure is recorded on the tally, not raised."""
     try:
-        if resp.status != 200:
-            raise RuntimeError(f"stream answered {resp.status}")
-        if tally.slow:
-            await read_slow(resp, tally, rate, seconds)
-        else:
-            await read_fast(resp, tally)
-    except (aiohttp.ClientError, RuntimeError, ConnectionError) as e:
+        await conn.done
+    except (RuntimeError, OSError) as e:
         tally.error = f"{type(e).__name__}: {e}"
     finally:
-        resp.close()
+        conn.close()
 
 
 async def watch_all(url: str, spec: ClientSpec, stop: Event) -> ClientProcReport:
     """Open every connection, follow them all; the parent's ``stop`` cuts a time-boxed run short."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        responses = await asyncio.gather(*(session.get(url) for _ in spec.indices))
-        cpu = cpu_self_s()
-        tallies = [
-            Tally(i, slow, spec.every) for i, slow in zip(spec.indices, spec.slow, strict=True)
-        ]  # fmt: skip
-        tasks = [
-            asyncio.create_task(follow(r, t, spec.slow_rate, spec.slow_seconds))
-            for r, t in zip(responses, tallies, strict=True)
-        ]
-        await until_done_or_stopped(tasks, stop)
-        return ClientProcReport([t.summary() for t in tallies], cpu_self_s() - cpu)
+    tallies = [Tally(i, slow, spec.every) for i, slow in zip(spec.indices, spec.slow, strict=True)]
+    paces = [slow_pace(t, spec.slow_rate, spec.slow_seconds) if t.slow else None for t in tallies]
+    conns = await open_all([url] * len(tallies), tallies, paces)
+    cpu = cpu_self_s()
+    tasks = [asyncio.create_task(follow(c, t)) for c, t in zip(conns, tallies, strict=True)]
+    await until_done_or_stopped(tasks, stop)
+    return ClientProcReport([t.summary() for t in tallies], cpu_self_s() - cpu)
 
 
 async def until_done_or_stopped(tasks: list[asyncio.Task[None]], stop: Event) -> None:

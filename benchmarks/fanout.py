@@ -39,19 +39,16 @@ import termios
 import time
 import urllib.error
 import urllib.request
+from array import array
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import redis
 from common import (
-    END_MARK,
-    ID_MARK,
     MESSAGE_BYTES,
-    TAIL_BYTES,
     cpu_self_s,
     log,
     machine_with_aiohttp,
@@ -63,6 +60,7 @@ from common import (
     split,
     stop_process,
 )
+from sse_wire import STAMP_RE, EventCounter, stream_all
 
 from broker import Publisher, WorkerHandle
 from gateway.redis_server import RedisServer, free_port
@@ -110,47 +108,33 @@ SMOKE = Sizes(8, 2, 2_000, 10_000, 1.0, 2, 50, 2, 8_000, 1.0, 60.0)
 
 
 @dataclass(slots=True)
-class Tally:
-    """One SSE connection's count, kept cheap: a byte search per chunk, no SSE parsing.
+class Tally(EventCounter):
+    """One SSE connection's count (``EventCounter``: a byte search per chunk, no SSE parsing).
 
-    ``ID_MARK`` occurs exactly once per event, so counting it in (last bytes + chunk) minus its
-    count in those last bytes counts every event once even when a chunk boundary splits one.
-    Only ``parse`` connections decode each event's JSON, to take its publish timestamp.
+    ``parse`` connections also time every event: one regex (``STAMP_RE``) over the complete events
+    of each chunk takes their ``t_ns`` field, against the receive time of the chunk (taken once).
+    No JSON is decoded; the incomplete last event waits in ``partial`` for the next chunk.
     """
 
-    parse: bool
-    events: int = 0
-    ended_at: float | None = None
-    latencies_ms: list[float] = field(default_factory=list)
-    tail: bytes = b""
+    parse: bool = False
+    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
     partial: bytes = b""
 
     def feed(self, chunk: bytes) -> bool:
-        """Count one chunk; True once the end event has arrived (stop reading)."""
-        now, now_ns = time.monotonic(), time.time_ns()
-        data = self.tail + chunk
-        self.events += data.count(ID_MARK) - self.tail.count(ID_MARK)
+        """Count one chunk (and time its events); True once the end event has arrived."""
         if self.parse:
-            self._measure(chunk, now_ns)
-        if END_MARK in data:
-            self.ended_at = now
-            return True
-        self.tail = data[-TAIL_BYTES:]
-        return False
+            self._measure(chunk, time.time_ns())
+        return EventCounter.feed(self, chunk)
 
     def _measure(self, chunk: bytes, now_ns: int) -> None:
-        """Receive time minus the ``t_ns`` field of every complete event in the chunk."""
-        buf = self.partial + chunk
+        """Receive time minus the ``t_ns`` field of every complete event in (partial + chunk)."""
+        buf = self.partial + chunk if self.partial else chunk
         cut = buf.rfind(b"\n\n")
         if cut < 0:
             self.partial = buf
             return
         self.partial = buf[cut + 2 :]
-        for line in buf[:cut].split(b"\n"):
-            if line.startswith(b"data: "):
-                t_ns = (json.loads(line[6:]).get("fields") or {}).get("t_ns")
-                if t_ns is not None:
-                    self.latencies_ms.append((now_ns - t_ns) / 1e6)
+        self.latencies_ms.extend([(now_ns - int(t)) / 1e6 for t in STAMP_RE.findall(buf, 0, cut)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,30 +145,11 @@ class ProcReport:
     cpu_s: float
 
 
-async def _read(resp: aiohttp.ClientResponse, parse: bool) -> Tally:
-    """One SSE client: read until the end event (the server closes the stream after it)."""
-    tally = Tally(parse)
-    if resp.status != 200:
-        raise RuntimeError(f"stream answered {resp.status}: {(await resp.text())[:200]}")
-    async for chunk in resp.content.iter_any():
-        if tally.feed(chunk):
-            break
-    return tally
-
-
 async def _watch_all(url: str, conns: int, parsing: int, timeout_s: float) -> ProcReport:
-    """Connect every client first, then count CPU from there: start-up and imports are not fan-out."""
-    timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=10)
-    connector = aiohttp.TCPConnector(limit=0, force_close=True)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        responses = await asyncio.gather(*(session.get(url) for _ in range(conns)))
-        cpu = cpu_self_s()
-        try:
-            tallies = await asyncio.gather(*(_read(r, i < parsing) for i, r in enumerate(responses)))
-        finally:
-            for resp in responses:
-                resp.close()
-        return ProcReport(list(tallies), cpu_self_s() - cpu)
+    """Every connection until its end event; CPU counts once all are open (``sse_wire.stream_all``)."""
+    tallies = [Tally(parse=i < parsing) for i in range(conns)]
+    cpu = await stream_all([url] * conns, tallies, timeout_s)
+    return ProcReport(tallies, cpu)
 
 
 def client_main(
