@@ -131,4 +131,5 @@ async def metrics(request: web.Request) -> web.Response:
     feeds = gw.fanout.feeds.values()
     gw.metrics.ring_entries.set(sum(len(f) for f in feeds))
     gw.metrics.ring_bytes.set(sum(f.nbytes for f in feeds))
+    gw.metrics.unsent_bytes.set(sum(sub.unsent() for sub in gw.subscribers))
     return web.Response(body=gw.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

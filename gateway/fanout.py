@@ -99,9 +99,11 @@ class PartitionReader:
                 await self._wake.wait()
                 continue
             try:
-                await self._read_once()
+                read = await self._read_once()
                 backoff.reset()
                 self.healthy = True
+                if 0 < read < self.fanout.settings.read_count and self.fanout.settings.read_linger_ms:
+                    await asyncio.sleep(self.fanout.settings.read_linger_ms / 1000)
             except Exception as e:  # Redis away, failing over, or a bug: never let the reader die
                 if self._closing:
                     return
@@ -114,7 +116,9 @@ class PartitionReader:
                     log.warning("reader p%d: %s; retrying in %.2fs", self.partition, e, delay)
                 await asyncio.sleep(delay)
 
-    async def _read_once(self) -> None:
+    async def _read_once(self) -> int:
+        """One XREAD over the partition's streams; returns the largest number of entries any one
+        stream got (``read_count`` means that stream has more waiting: read again at once)."""
         client = await self._connection()
         if self._client_id is None:
             self._client_id = int(await call_async(client, "CLIENT", "ID"))
@@ -124,10 +128,13 @@ class PartitionReader:
         started = time.perf_counter()
         reply: Any = await client.xread(streams, count=s.read_count, block=s.read_block_ms)  # type: ignore[arg-type]
         self.fanout.metrics.redis_read_seconds.observe(time.perf_counter() - started)
+        most = 0
         for raw_key, entries in reply or []:
+            most = max(most, len(entries))
             feed = self.feeds.get(raw_key.decode() if isinstance(raw_key, bytes) else raw_key)
             if feed is not None:
                 self.fanout.metrics.entries_read.inc(feed.append(entries))
+        return most
 
     async def aclose(self) -> None:
         """Unblock the read rather than cancel it: a cancelled blocking read inside redis-py can
@@ -193,7 +200,9 @@ class Fanout:
             if feed is None:
                 key = self.keyspace.stream(job)
                 s = self.settings
-                feed = JobFeed(job, key, await self.last_id(key), s.ring_entries, s.ring_bytes)
+                feed = JobFeed(
+                    job, key, await self.last_id(key), s.ring_entries, s.ring_bytes, s.write_chunk_bytes
+                )
                 self._feeds[job] = feed
                 self._reader(self.keyspace.partition(job)).add(feed)
         self._creating.pop(job, None)

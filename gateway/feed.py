@@ -8,13 +8,12 @@ subscriber whose cursor is behind ``base`` is not dropped: it pages from Redis a
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from broker.codec import decode_entry, entry_json
 from broker.constants import KIND_END, KINDS, LEVELS
@@ -138,22 +137,65 @@ def _unfiltered(items: Sequence[Item], max_bytes: int) -> Frames:
     return Frames(b"".join([i.frame for i in chunk]), chunk[-1].sid, chunk[-1].kind == KIND_END, n - corrupt)
 
 
+class Batch:
+    """What one read appended, as the bytes every caught-up unfiltered client gets: built once
+    per append (not once per client), in both framings a response can have."""
+
+    __slots__ = ("_chunked", "after", "ended", "events", "last", "plain")
+
+    def __init__(self, after: StreamId, items: Sequence[Item]) -> None:
+        self.after = after  # the cursor a client must be at for this batch to follow on
+        self.last = items[-1].sid
+        self.events = sum(1 for i in items if i.kind >= 0)
+        self.ended = items[-1].kind == KIND_END
+        self.plain = b"".join([i.frame for i in items])
+        self._chunked: bytes | None = None
+
+    @property
+    def chunked(self) -> bytes:
+        """The same bytes as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
+        if self._chunked is None:
+            self._chunked = b"%x\r\n%b\r\n" % (len(self.plain), self.plain)
+        return self._chunked
+
+
+class Listener(Protocol):
+    """A subscriber as the feed sees it. A ``parked`` one is idle at the feed's last entry with
+    nothing of its own pending: the feed writes a small batch to it directly (``push``), which
+    saves waking its task, building its bytes and a write of its own for every read."""
+
+    parked: bool
+
+    def wake(self) -> None: ...
+
+    def push(self, batch: Batch) -> None: ...
+
+
 class JobFeed:
     """Recent frames of one job, shared by all its subscribers in this process."""
 
-    def __init__(self, job: str, key: str, start: StreamId, max_entries: int, max_bytes: int) -> None:
+    def __init__(
+        self,
+        job: str,
+        key: str,
+        start: StreamId,
+        max_entries: int,
+        max_bytes: int,
+        push_max_bytes: int = 32 * 1024,
+    ) -> None:
         self.job = job
         self.key = key
         self.base = start
         self.last = start
         self.max_entries = max_entries
         self.max_bytes = max_bytes
+        self.push_max_bytes = push_max_bytes  # larger appends go through each subscriber's own writes
         self.subscribers = 0
         self._items: list[Item] = []
         self._sids: list[StreamId] = []
         self._head = 0
         self._bytes = 0
-        self._listeners: set[asyncio.Event] = set()
+        self._listeners: set[Listener] = set()
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -162,30 +204,45 @@ class JobFeed:
     def nbytes(self) -> int:
         return self._bytes
 
-    def listen(self, wake: asyncio.Event) -> None:
-        """``wake`` is set at every append (each subscriber has its own, so it can also be woken
-        alone, for shutdown)."""
-        self._listeners.add(wake)
+    def listen(self, listener: Listener) -> None:
+        """Every append wakes ``listener`` or, when it is parked, pushes the new frames to it."""
+        self._listeners.add(listener)
 
-    def unlisten(self, wake: asyncio.Event) -> None:
-        self._listeners.discard(wake)
+    def unlisten(self, listener: Listener) -> None:
+        self._listeners.discard(listener)
 
     def append(self, raw: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> int:
-        added = 0
+        before = self.last
+        start = len(self._items)
+        size = 0
         for raw_id, fields in raw:
             item = make_item(self.job, raw_id, fields)
             if item.sid <= self.last:
                 continue
             self._items.append(item)
             self._sids.append(item.sid)
-            self._bytes += len(item.frame)
+            size += len(item.frame)
             self.last = item.sid
-            added += 1
+        added = len(self._items) - start
         if added:
+            self._bytes += size
+            pushable = self._pushable(start, size)
+            batch: Batch | None = None
+            for listener in list(self._listeners):  # a push can end a stream and unlisten it
+                if pushable and listener.parked:
+                    batch = batch or Batch(before, self._items[start:])
+                    listener.push(batch)
+                else:
+                    listener.wake()
             self._trim()
-            for wake in self._listeners:
-                wake.set()
         return added
+
+    def _pushable(self, start: int, size: int) -> bool:
+        """Small enough to push, and ending nowhere but at its last item (frames after an end
+        event are never sent)."""
+        if size > self.push_max_bytes:
+            return False
+        return all(self._items[k].kind != KIND_END for k in range(start, len(self._items) - 1))
 
     def _trim(self) -> None:
         while len(self) > self.max_entries or (self._bytes > self.max_bytes and len(self) > 1):

@@ -51,6 +51,16 @@ class Metrics:
         )
         self.ring_entries = Gauge("logbroker_ring_entries", "Entries held in all job rings", registry=r)
         self.ring_bytes = Gauge("logbroker_ring_bytes", "Bytes held in all job rings", registry=r)
+        self.unsent_bytes = Gauge(
+            "logbroker_sse_unsent_bytes",
+            "Bytes written to SSE clients that their sockets have not taken yet (held by the gateway)",
+            registry=r,
+        )
+        self.pushes = Counter(
+            "logbroker_sse_pushes_total",
+            "Writes the feed made directly to caught-up clients (shared bytes, no task wake-up)",
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

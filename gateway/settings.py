@@ -49,7 +49,9 @@ class GatewaySettings(BaseSettings):
     retry_ms: int = Field(2000, ge=0, le=3_600_000)
     write_timeout_s: float = Field(30.0, gt=0)
     write_chunk_bytes: int = Field(32 * 1024, ge=1024)  # at most this much per write to one client
-    write_buffer_bytes: int = Field(16 * 1024, ge=1024)  # transport buffer before a write waits
+    # per write once a client's kernel send queue already holds write_chunk_bytes: what a client
+    # that stopped reading makes the gateway hold
+    write_buffer_bytes: int = Field(8 * 1024, ge=1024)
     max_clients: int = Field(10_000, ge=1)
     # fan-out memory bounds: per-job ring of recent frames, page size for lagging clients
     ring_entries: int = Field(10_000, ge=1)
@@ -57,6 +59,9 @@ class GatewaySettings(BaseSettings):
     page_entries: int = Field(500, ge=1, le=10_000)
     read_block_ms: int = Field(5000, ge=10, le=60_000)
     read_count: int = Field(1000, ge=1, le=100_000)
+    # after a read that caught up, wait this long before the next: each wake-up of the readers
+    # costs a write per client, so under a steady trickle fewer, larger writes (latency + this)
+    read_linger_ms: float = Field(5.0, ge=0, le=1000)
     # replay and ingest
     replay_default_limit: int = Field(100, ge=1)
     replay_max_limit: int = Field(5000, ge=1)

@@ -32,8 +32,8 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
         raise ApiError(503, "too_many_clients", "this gateway is at its client limit", {"Retry-After": "5"})
     resp = web.StreamResponse(headers=sse.HEADERS)
     await resp.prepare(request)
-    if request.transport is not None:  # what a slow client can make us hold: this plus one chunk
-        request.transport.set_write_buffer_limits(high=gw.settings.write_buffer_bytes)
+    if request.transport is not None:  # a write waits until the socket has taken all of the last one
+        request.transport.set_write_buffer_limits(high=0)
     async with gw.fanout.subscribe(job) as feed:
         sub = Subscriber(gw, request, resp, feed, flt, cursor)
         gw.subscribers.add(sub)

@@ -10,7 +10,10 @@ the write timeout and its connection is closed; memory per client stays one page
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import sys
+import termios
 import time
 
 import redis
@@ -18,7 +21,7 @@ from aiohttp import web
 
 from . import sse
 from .context import Gateway
-from .feed import Filter, Item, JobFeed, frames, gap_frame, make_item, predecessor
+from .feed import Batch, Filter, Item, JobFeed, frames, gap_frame, make_item, predecessor
 from .ids import StreamId, format_id, from_redis
 from .streams import xrange
 
@@ -30,9 +33,10 @@ class ClientGone(Exception):
 
 
 class Subscriber:
-    """Costs per write are kept off the hot path: the feed wakes each subscriber through its own
-    event, a watchdog (not a timer per write) reaps clients stuck in a write, and metrics are
-    added in batches."""
+    """Costs per write are kept off the hot path: while a subscriber is parked (caught up,
+    unfiltered, its transport empty) the feed writes each small append to it directly, from bytes
+    shared by all such clients; otherwise the feed wakes it through its own event. A watchdog (not
+    a timer per write) reaps clients stuck in a write, and metrics are added in batches."""
 
     def __init__(
         self,
@@ -53,13 +57,50 @@ class Subscriber:
         self.writing_since: float | None = None  # loop time a pending write started (watchdog)
         self._stopped = False
         self._wake = asyncio.Event()
-        self._unreported = [0, 0, 0]  # entries, bytes, writes not yet added to the metrics
+        self._unreported = [0, 0, 0, 0]  # entries, bytes, writes, pushes not yet in the metrics
         self._backlog: list[Item] = []  # the rest of a page read from Redis, not yet sent
+        self.parked = False  # see ``push``
+        self.pushes = 0
+        self._ended = False  # the end event went out in a push
+        self._chunked: bool | None = None  # the response's framing, known after its first write
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def push(self, batch: Batch) -> None:
+        """The feed's direct write while parked. What the socket does not take at once stays in
+        the transport (one batch, at most ``write_chunk_bytes``); the subscriber then leaves the
+        park and drains it in its own task, where the watchdog sees it."""
+        transport = self.request.transport
+        if self._chunked is None or transport is None or transport.is_closing() or batch.after != self.cursor:
+            self._unpark()
+            return
+        data = batch.chunked if self._chunked else batch.plain
+        transport.write(data)
+        self.pushes += 1
+        self.sent += batch.events
+        self.cursor = batch.last
+        pending = self._unreported
+        pending[3] += 1
+        pending[0] += batch.events
+        pending[1] += len(data)
+        pending[2] += 1
+        if batch.ended:
+            self._ended = True
+            self._unpark()
+        elif transport.get_write_buffer_size():
+            self._unpark()
+        elif pending[2] >= 64:
+            self.report()
+
+    def _unpark(self) -> None:
+        self.parked = False
+        self._wake.set()
 
     def stop(self) -> None:
         """Graceful shutdown: the stream ends cleanly and the client reconnects elsewhere."""
         self._stopped = True
-        self._wake.set()
+        self._unpark()
 
     def reap(self) -> None:
         """Called by the watchdog: the client has not taken a write for ``write_timeout_s``."""
@@ -71,10 +112,11 @@ class Subscriber:
             self.request.transport.abort()
 
     async def run(self) -> None:
-        self.feed.listen(self._wake)
+        self.feed.listen(self)
         try:
-            while not self._stopped:
+            while not self._stopped and not self._ended:
                 self._wake.clear()  # before looking: an append after this wakes us
+                await self._settle(0, None)  # what a push left in the transport drains first
                 paged = bool(self._backlog)
                 items = self._backlog or self.feed.after(self.cursor)
                 if items is None:
@@ -82,21 +124,51 @@ class Subscriber:
                 if not items:
                     await self._idle()
                     continue
-                if await self._send(items, paged):
+                # what a write chunk could not take of a page from Redis is kept for the next
+                # write, never read and decoded twice; a ring slice is let go before waiting
+                blob, cursor, ended, count = frames(items, self.filter, self._chunk_bytes())
+                self._backlog = _after(items, cursor) if paged and cursor is not None else []
+                del items
+                size = len(blob)
+                await self._put(blob)
+                del blob  # the transport has its copy: a slow client does not hold a second one
+                await self._settle(size, cursor, count)
+                if ended:
                     return
         except ClientGone:
             return
         finally:
-            self.feed.unlisten(self._wake)
+            self.parked = False
+            self.feed.unlisten(self)
             self.report()
 
     async def _idle(self) -> None:
+        """Wait for the feed; parked when the feed may write to us directly meanwhile. The
+        heartbeat goes out only when nothing else did during the wait."""
         self.report()
+        pushes = self.pushes
+        self.parked = self._parkable()
         try:
             async with asyncio.timeout(self.gw.settings.heartbeat_s):
                 await self._wake.wait()
         except TimeoutError:
-            await self.write(sse.comment("heartbeat"), None)
+            self.parked = False
+            if self.pushes == pushes:
+                await self.write(sse.comment("heartbeat"), None)
+        finally:
+            self.parked = False
+
+    def _parkable(self) -> bool:
+        transport = self.request.transport
+        return (
+            self._chunked is not None
+            and not self._stopped
+            and not self.filter.active
+            and not self._backlog
+            and self.cursor == self.feed.last
+            and transport is not None
+            and not transport.get_write_buffer_size()
+        )
 
     async def _page(self) -> list[Item]:
         """Entries after the cursor straight from Redis, for a client behind the ring."""
@@ -119,32 +191,43 @@ class Subscriber:
             return self.feed.after(self.feed.base) or []
         return [make_item(self.feed.job, i, f) for i, f in raw]
 
-    async def _send(self, items: list[Item], paged: bool = False) -> bool:
-        """Write what is due in one go; True once the end event is out. What a write chunk could
-        not take of a page from Redis is kept for the next write, never read and decoded twice."""
-        blob, cursor, ended, count = frames(items, self.filter, self.gw.settings.write_chunk_bytes)
-        rest = _after(items, cursor) if paged and cursor is not None else []
-        del items  # only the blob (and a page's rest), not the ring slice, waits on a slow client
-        self._backlog = []
-        await self.write(blob, cursor, count)
-        self._backlog = rest
-        return ended
-
     async def write(self, blob: bytes, cursor: StreamId | None, count: int = 0) -> None:
-        """Write, then wait until the transport has drained below its limit (``write_buffer_bytes``):
-        the client's reading speed sets the pace, and a slow client holds one chunk at most."""
+        """Write, then wait until the socket has taken all of it: the client's reading speed sets
+        the pace, and a slow client makes the gateway hold one write at most."""
+        size = len(blob)
+        await self._put(blob)
+        del blob
+        await self._settle(size, cursor, count)
+
+    async def _put(self, blob: bytes) -> None:
+        """Hand ``blob`` to the transport. aiohttp's own write waits for a drain (holding the
+        data) after 64 KiB; its counter is reset here because ``_settle`` does the waiting."""
         if not blob:
             return
-        size = len(blob)
-        self.writing_since = asyncio.get_running_loop().time()
+        writer = self.resp._payload_writer
+        if writer is not None:
+            writer.buffer_size = 0
+        self.writing_since = asyncio.get_running_loop().time()  # a big first write may still wait
         try:
             await self.resp.write(blob)
-            del blob  # the transport has its own copy; do not hold a second one while waiting
-            await self._drain()
         except (ConnectionError, RuntimeError) as e:  # reset by peer, reaped, or transport closed
             raise ClientGone from e
         finally:
             self.writing_since = None
+        self._framing()
+
+    async def _settle(self, size: int, cursor: StreamId | None, count: int = 0) -> None:
+        """Wait until the client has taken what was written, then account for it."""
+        if self.unsent():
+            self.writing_since = asyncio.get_running_loop().time()
+            try:
+                await self._drain()
+            except (ConnectionError, RuntimeError) as e:
+                raise ClientGone from e
+            finally:
+                self.writing_since = None
+        if not size:
+            return
         pending = self._unreported
         pending[1] += size
         if cursor is not None:
@@ -157,20 +240,56 @@ class Subscriber:
 
     def report(self) -> None:
         """Add what was sent since the last report to the metrics (with one lag sample)."""
-        entries, size, writes = self._unreported
+        entries, size, writes, pushes = self._unreported
         if not writes:
             return
         metrics = self.gw.metrics
         metrics.entries_sent.inc(entries)
         metrics.bytes_sent.inc(size)
+        if pushes:
+            metrics.pushes.inc(pushes)
         metrics.client_lag.observe(max(0.0, time.time() - self.cursor[0] / 1000))
-        self._unreported = [0, 0, 0]
+        self._unreported = [0, 0, 0, 0]
+
+    def _chunk_bytes(self) -> int:
+        """A full chunk while the client keeps up; a small one once its kernel send queue is
+        backed up, so that a client which stops reading leaves little unsent in the gateway."""
+        s = self.gw.settings
+        return (
+            s.write_buffer_bytes
+            if kernel_queued(self.request.transport) >= s.write_chunk_bytes
+            else s.write_chunk_bytes
+        )
+
+    def unsent(self) -> int:
+        transport = self.request.transport
+        return transport.get_write_buffer_size() if transport is not None else 0
+
+    def _framing(self) -> None:
+        """Pushes frame their bytes as this response does: only once aiohttp has sent the headers
+        (it holds them back until the first write), and never through compression."""
+        if self._chunked is None:
+            writer = self.resp._payload_writer
+            chunked = getattr(writer, "chunked", None)  # unknown framing: never pushed to
+            if isinstance(chunked, bool) and getattr(writer, "_compress", None) is None:
+                self._chunked = chunked
 
     async def _drain(self) -> None:
         # aiohttp's own write() only drains past 64 KiB of its counter; ask the writer directly
         writer = self.resp._payload_writer
         if writer is not None:
             await writer.drain()
+
+
+def kernel_queued(transport: asyncio.BaseTransport | None) -> int:
+    """Bytes in the socket's kernel send queue (Linux ``SIOCOUTQ``); 0 where unknown."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
+    except (OSError, ValueError):
+        return 0
 
 
 def _after(items: list[Item], cursor: StreamId) -> list[Item]:

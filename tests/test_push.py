@@ -1,0 +1,274 @@
+"""How the gateway writes to clients.
+
+Pushes: the feed writes a small append straight to every parked subscriber (caught up, unfiltered,
+transport empty) from bytes built once. Checked: the exact bytes in both HTTP framings, that
+pushes really happen for live clients, that anything else (large appends, an end in the middle,
+filtered or busy subscribers) takes the normal path, and that nothing is lost or repeated either
+way. Stalls: a client whose kernel send queue is backed up gets small writes, so one that stops
+reading leaves little unsent in the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from broker import Publisher, SyncPublisher
+from broker.keys import Keyspace
+from gateway.context import GATEWAY
+from gateway.feed import Batch, JobFeed, make_item
+from gateway.ids import ZERO, from_redis
+from gateway.redis_server import RedisServer
+from gateway.subscriber import kernel_queued
+from tests.conftest import MakeGateway
+from tests.helpers import read_job
+from tests.sse_client import parse
+
+
+@dataclass(eq=False)
+class FakeListener:
+    parked: bool
+    pushed: list[Batch] = field(default_factory=list)
+    woken: int = 0
+
+    def wake(self) -> None:
+        self.woken += 1
+
+    def push(self, batch: Batch) -> None:
+        self.pushed.append(batch)
+
+
+def raw_entries(url: str, job: str, messages: list[str], end: bool = False) -> list[Any]:
+    with SyncPublisher(url) as pub:
+        handle = pub.job(job)
+        for msg in messages:
+            handle.step("s").worker("w").info(msg)
+        if end:
+            handle.end("completed")
+    return redis.Redis.from_url(url).xrange(Keyspace().stream(job))
+
+
+def new_feed(push_max_bytes: int = 32 * 1024) -> JobFeed:
+    return JobFeed("j", Keyspace().stream("j"), ZERO, 10_000, 1 << 20, push_max_bytes)
+
+
+def test_parked_listeners_get_one_shared_batch_others_are_woken(redis_server: RedisServer) -> None:
+    raw = raw_entries(redis_server.url, "j", [f"m{i}" for i in range(5)])
+    feed = new_feed()
+    parked, parked2, busy = FakeListener(True), FakeListener(True), FakeListener(False)
+    for listener in (parked, parked2, busy):
+        feed.listen(listener)
+    assert feed.append(raw[:2]) == 2 and feed.append(raw[2:]) == 3
+    assert busy.pushed == [] and busy.woken == 2
+    assert parked.woken == 0 and len(parked.pushed) == 2
+    assert parked.pushed[0] is parked2.pushed[0], "built once, shared by every parked client"
+    first, second = parked.pushed
+    items = [make_item("j", i, f) for i, f in raw]
+    assert (first.after, first.last) == (ZERO, items[1].sid)
+    assert (second.after, second.last) == (items[1].sid, items[4].sid)
+    assert second.plain == b"".join(i.frame for i in items[2:])
+    assert second.chunked == b"%x\r\n" % len(second.plain) + second.plain + b"\r\n"
+    assert (second.events, second.ended) == (3, False)
+
+
+def test_large_appends_and_an_end_inside_a_batch_are_not_pushed(redis_server: RedisServer) -> None:
+    raw = raw_entries(redis_server.url, "j", ["x" * 300] * 4, end=True)
+    size = sum(len(make_item("j", i, f).frame) for i, f in raw[:4])
+    listener = FakeListener(True)
+    small = new_feed(push_max_bytes=size - 1)
+    small.listen(listener)
+    small.append(raw[:4])
+    assert listener.pushed == [] and listener.woken == 1, "too big: each subscriber writes in chunks"
+    feed = new_feed()
+    feed.listen(listener)
+    feed.append(raw[:4])
+    feed.append(raw[4:] + raw[:1])  # an id already in the feed is skipped, so the end is last
+    assert [b.ended for b in listener.pushed] == [False, True]
+
+
+def test_a_batch_with_an_end_not_last_wakes_instead(redis_server: RedisServer) -> None:
+    raw_entries(redis_server.url, "j", ["a", "b"], end=True)
+    more = raw_entries(redis_server.url, "j", ["after the end"])  # the stream goes on past it
+    listener = FakeListener(True)
+    feed = new_feed()
+    feed.listen(listener)
+    feed.append(more)  # a, b, end, "after the end" in one read
+    assert listener.pushed == [] and listener.woken == 1
+
+
+async def read_http(port: int, path: str, version: str, until: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/{version}\r\nHost: t\r\n\r\n".encode())
+    data = b""
+    try:
+        while until not in data:
+            chunk = await asyncio.wait_for(reader.read(65536), 20)
+            if not chunk:
+                break
+            data += chunk
+        if version == "1.1":  # the terminating chunk follows the end event
+            while not data.endswith(b"0\r\n\r\n"):
+                chunk = await asyncio.wait_for(reader.read(65536), 20)
+                if not chunk:
+                    break
+                data += chunk
+    finally:
+        writer.close()
+    return data
+
+
+def dechunk(body: bytes) -> bytes:
+    out = b""
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out += rest[:size]
+        assert rest[size : size + 2] == b"\r\n", "every chunk is framed exactly"
+        body = rest[size + 2 :]
+
+
+async def test_live_clients_get_pushes_exact_bytes_in_both_framings(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    client = await make_gateway(heartbeat_s=30)
+    gw = client.app[GATEWAY]
+    readers = [
+        asyncio.create_task(read_http(client.port, "/v1/jobs/live/stream", v, b"event: end"))
+        for v in ("1.1", "1.1", "1.0")
+    ]
+    for _ in range(200):
+        if len(gw.subscribers) == 3 and all(s.parked for s in gw.subscribers):
+            break
+        await asyncio.sleep(0.02)
+    assert all(s.parked for s in gw.subscribers), "idle, caught-up clients park"
+    async with Publisher(redis_server.url) as pub:
+        step = pub.job("live").step("s")
+        for i in range(60):
+            await step.worker(f"w{i % 3}").info(f"live {i}\r\nwith data: inside", i=i)
+            if i % 5 == 4:
+                await pub.flush()  # small appends, one read each
+                await asyncio.sleep(0.01)
+        pushes = [s.pushes for s in gw.subscribers]
+        await pub.job("live").end("completed")
+    chunked1, chunked2, plain = await asyncio.gather(*readers)
+    assert min(pushes) > 0, "live entries went out as pushes"
+    stored = read_job(redis.Redis.from_url(redis_server.url), "live")
+    for raw in (chunked1, chunked2, plain):
+        head, _, body = raw.partition(b"\r\n\r\n")
+        if b"Transfer-Encoding: chunked" in head:
+            body = dechunk(body)
+        else:
+            assert head.startswith(b"HTTP/1.0 200") or head.startswith(b"HTTP/1.1 200")
+        events = parse(body).events
+        assert [e.id for e in events] == [e["id"] for e in stored], "every entry once, in order"
+        assert [e.json() for e in events] == stored
+    assert b"Transfer-Encoding: chunked" not in plain.partition(b"\r\n\r\n")[0]
+
+
+async def test_filtered_and_unfiltered_clients_both_get_everything(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    client = await make_gateway()
+    gw = client.app[GATEWAY]
+    everything = await client.get("/v1/jobs/mixed/stream")
+    warnings = await client.get("/v1/jobs/mixed/stream?level=warning")
+    for _ in range(200):
+        if len(gw.subscribers) == 2:
+            break
+        await asyncio.sleep(0.02)
+    async with Publisher(redis_server.url) as pub:
+        worker = pub.job("mixed").step("s").worker("w")
+        for i in range(100):
+            await (worker.warning if i % 4 == 0 else worker.info)(f"m{i}")
+            if i % 10 == 9:
+                await pub.flush()
+                await asyncio.sleep(0.005)
+        await pub.job("mixed").end("completed")
+    all_events = parse(await asyncio.wait_for(everything.read(), 20)).events
+    warn_events = parse(await asyncio.wait_for(warnings.read(), 20)).events
+    stored = read_job(redis.Redis.from_url(redis_server.url), "mixed")
+    assert [e.id for e in all_events] == [e["id"] for e in stored]
+    assert [e.json()["msg"] for e in warn_events if e.event == "message"] == [
+        f"m{i}" for i in range(0, 100, 4)
+    ]
+    assert warn_events[-1].event == "end" and from_redis(warn_events[-1].id) == from_redis(stored[-1]["id"])
+
+
+async def test_heartbeats_only_when_nothing_else_went_out(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    client = await make_gateway(heartbeat_s=0.3)
+    gw = client.app[GATEWAY]
+    resp = await client.get("/v1/jobs/beat/stream")
+    for _ in range(200):
+        if gw.subscribers and all(s.parked for s in gw.subscribers):
+            break
+        await asyncio.sleep(0.02)
+    async with Publisher(redis_server.url) as pub:
+        worker = pub.job("beat").step("s").worker("w")
+        for i in range(30):  # an entry every 50 ms for 1.5 s: pushes keep the stream busy
+            await worker.info(f"m{i}")
+            await pub.flush()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.8)  # then idle: heartbeats again
+        await pub.job("beat").end("completed")
+    body = await asyncio.wait_for(resp.read(), 20)
+    before_idle = body[: body.index(b"m29")]
+    assert b": heartbeat" not in before_idle[body.index(b"m2") :], "no heartbeat while pushes flow"
+    assert b": heartbeat" in body[body.index(b"m29") :], "heartbeats resume when idle"
+
+
+def test_kernel_queued_reports_what_the_peer_has_not_read() -> None:
+    class Fake:
+        def __init__(self, sock: socket.socket | None) -> None:
+            self.sock = sock
+
+        def get_extra_info(self, name: str) -> Any:
+            return self.sock if name == "socket" else None
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    tcp_server = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(tcp_server.getsockname())
+    receiver, _ = tcp_server.accept()
+    try:
+        sender.sendall(b"x" * 50_000)
+        assert 0 < kernel_queued(Fake(sender)) <= 50_000  # type: ignore[arg-type]
+        receiver.recv(1 << 20)
+        assert kernel_queued(Fake(None)) == 0  # type: ignore[arg-type]
+        assert kernel_queued(None) == 0
+        sender.close()
+        assert kernel_queued(Fake(sender)) == 0, "a closed socket is not an error"  # type: ignore[arg-type]
+    finally:
+        for s in (a, b, tcp_server, receiver, sender):
+            s.close()
+
+
+async def test_a_client_that_stops_reading_leaves_one_small_write_unsent(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    client = await make_gateway(write_timeout_s=60, write_buffer_bytes=4096)
+    gw = client.app[GATEWAY]
+    stuck = socket.create_connection(("127.0.0.1", client.port))
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.sendall(b"GET /v1/jobs/stall/stream HTTP/1.1\r\nHost: t\r\n\r\n")  # and never reads
+    healthy = await client.get("/v1/jobs/stall/stream")
+    for _ in range(200):
+        if len(gw.subscribers) == 2:
+            break
+        await asyncio.sleep(0.02)
+    async with Publisher(redis_server.url) as pub:
+        step = pub.job("stall").step("s")
+        for i in range(3000):  # ~6 MB: more than the kernel buffers of the stalled socket
+            await step.info(f"{i} " + "y" * 2000)
+        await pub.job("stall").end("completed")
+    assert len(parse(await asyncio.wait_for(healthy.read(), 60)).events) == 3001
+    await asyncio.sleep(0.5)
+    [stalled] = list(gw.subscribers)
+    assert stalled.writing_since is not None, "it waits in a write for the client"
+    assert 0 < stalled.unsent() <= 4096 + 16, "one small write (plus chunk framing) waits, not a chunk"
+    stuck.close()
