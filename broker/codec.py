@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
+import orjson
 
 from .constants import (
     BODY_VERSION,
@@ -202,4 +203,15 @@ def _entry(job: str, entry_id: str, line: int, b: list[Any], fields: Mapping[byt
 
 def entry_json(entry: Entry) -> str:
     """One line of JSON: control characters are escaped, so it is safe as one SSE ``data:`` line."""
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    return entry_json_bytes(entry).decode()
+
+
+def entry_json_bytes(entry: Entry) -> bytes:
+    """``entry_json`` as UTF-8, the form the gateway sends. orjson writes the same compact JSON
+    as ``json.dumps(..., ensure_ascii=False)`` for every value an entry can hold and is about 15x
+    faster (this runs once per entry in the gateway and once per entry replayed); what it refuses
+    (ints beyond 64 bits, a surrogate in a string) goes through ``json.dumps`` (ASCII)."""
+    try:
+        return orjson.dumps(entry)
+    except TypeError:  # ASCII escapes: a lone surrogate has no UTF-8 form
+        return json.dumps(entry, separators=(",", ":")).encode()

@@ -128,12 +128,28 @@ def serve(settings: GatewaySettings) -> None:
         where = url or f"Sentinel master {settings.sentinel_master}"
         print(f"logbroker gateway on http://{settings.host}:{settings.port}/ (Redis {where})", flush=True)
         web.run_app(
-            app, host=settings.host, port=settings.port, print=None, shutdown_timeout=5,
+            app, loop=new_event_loop(settings.event_loop), host=settings.host, port=settings.port,
+            print=None, shutdown_timeout=5,
             access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log
         )  # fmt: skip
     finally:
         if embedded is not None:
             embedded.stop()
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """uvloop when asked for, or when installed and ``auto``; asyncio's own loop otherwise."""
+    if kind != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise SystemExit(
+                    "logbroker: LOGBROKER_EVENT_LOOP=uvloop but uvloop is not installed"
+                ) from None
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def run_demo_command(args: argparse.Namespace, settings: GatewaySettings) -> int:

@@ -201,7 +201,7 @@ class Fanout:
                 key = self.keyspace.stream(job)
                 s = self.settings
                 feed = JobFeed(
-                    job, key, await self.last_id(key), s.ring_entries, s.ring_bytes, s.write_chunk_bytes
+                    job, key, await self.last_id(key), s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes
                 )
                 self._feeds[job] = feed
                 self._reader(self.keyspace.partition(job)).add(feed)

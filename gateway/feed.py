@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from broker.codec import decode_entry, entry_json
+from broker.codec import decode_entry, entry_json_bytes
 from broker.constants import KIND_END, KINDS, LEVELS
 from broker.entry import Entry
 from broker.errors import CodecError
@@ -50,7 +50,7 @@ def make_item(job: str, raw_id: bytes | str, fields: Mapping[bytes, bytes]) -> I
 
 def item_of(entry: Entry, sid: StreamId) -> Item:
     kind = KINDS[entry["kind"]]
-    frame = sse.event(entry["id"], entry_json(entry), "end" if kind == KIND_END else None)
+    frame = sse.event_bytes(entry["id"], entry_json_bytes(entry), "end" if kind == KIND_END else None)
     return Item(sid, frame, entry["step"], entry["worker"], LEVELS[entry["level"]], kind)
 
 
@@ -81,6 +81,7 @@ class Filter:
 
 
 _NO_FILTER = Filter()
+_SHARED_MAX = 64  # distinct cursors whose next write a feed keeps between two appends
 
 
 class Frames(NamedTuple):
@@ -137,26 +138,38 @@ def _unfiltered(items: Sequence[Item], max_bytes: int) -> Frames:
     return Frames(b"".join([i.frame for i in chunk]), chunk[-1].sid, chunk[-1].kind == KIND_END, n - corrupt)
 
 
-class Batch:
-    """What one read appended, as the bytes every caught-up unfiltered client gets: built once
-    per append (not once per client), in both framings a response can have."""
+class Shared:
+    """The bytes of one write that every client at the same cursor gets, built once (not once
+    per client), in both framings a response can have."""
 
-    __slots__ = ("_chunked", "after", "ended", "events", "last", "plain")
+    __slots__ = ("_chunked", "blob", "cursor", "ended", "events")
 
-    def __init__(self, after: StreamId, items: Sequence[Item]) -> None:
-        self.after = after  # the cursor a client must be at for this batch to follow on
-        self.last = items[-1].sid
-        self.events = sum(1 for i in items if i.kind >= 0)
-        self.ended = items[-1].kind == KIND_END
-        self.plain = b"".join([i.frame for i in items])
+    def __init__(self, blob: bytes, cursor: StreamId | None, ended: bool, events: int) -> None:
+        self.blob = blob
+        self.cursor = cursor  # the last entry covered
+        self.ended = ended
+        self.events = events
         self._chunked: bytes | None = None
 
     @property
     def chunked(self) -> bytes:
         """The same bytes as one HTTP/1.1 chunk (``Transfer-Encoding: chunked``)."""
         if self._chunked is None:
-            self._chunked = b"%x\r\n%b\r\n" % (len(self.plain), self.plain)
+            self._chunked = b"%x\r\n%b\r\n" % (len(self.blob), self.blob)
         return self._chunked
+
+
+class Batch(Shared):
+    """What one read appended, for the clients parked at the feed's previous last entry."""
+
+    __slots__ = ("after",)
+
+    def __init__(self, after: StreamId, items: Sequence[Item]) -> None:
+        blob = b"".join([i.frame for i in items])
+        super().__init__(
+            blob, items[-1].sid, items[-1].kind == KIND_END, sum(1 for i in items if i.kind >= 0)
+        )
+        self.after = after  # the cursor a client must be at for this batch to follow on
 
 
 class Listener(Protocol):
@@ -196,6 +209,7 @@ class JobFeed:
         self._head = 0
         self._bytes = 0
         self._listeners: set[Listener] = set()
+        self._shared: dict[tuple[StreamId, int], Shared] = {}  # see ``frames_after``
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -225,6 +239,7 @@ class JobFeed:
             self.last = item.sid
         added = len(self._items) - start
         if added:
+            self._shared.clear()
             self._bytes += size
             pushable = self._pushable(start, size)
             batch: Batch | None = None
@@ -254,6 +269,23 @@ class JobFeed:
             del self._items[: self._head]
             del self._sids[: self._head]
             self._head = 0
+
+    def frames_after(self, cursor: StreamId, max_bytes: int) -> Shared | None:
+        """``frames()`` of what follows ``cursor`` for an unfiltered client, built once for all
+        the clients at the same cursor until the next append (clients of a job tend to move in
+        step, so most writes reuse the bytes another client's write built); ``None`` when the
+        cursor is behind the ring."""
+        key = (cursor, max_bytes)
+        shared = self._shared.get(key)
+        if shared is None:
+            items = self.after(cursor)
+            if items is None:
+                return None
+            shared = Shared(*_unfiltered(items, max_bytes))
+            if len(self._shared) >= _SHARED_MAX:
+                self._shared.clear()
+            self._shared[key] = shared
+        return shared
 
     def after(self, cursor: StreamId, limit: int = 1024) -> list[Item] | None:
         """Up to ``limit`` items after ``cursor``; ``None`` when the cursor is behind the ring

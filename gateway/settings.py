@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -38,6 +38,8 @@ class GatewaySettings(BaseSettings):
     sentinel_master: str | None = None
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    # uvloop where installed (auto): its C transports make each write to a client cheaper
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
     auth_secret: SecretStr | None = None  # set: job-scoped JWT auth (gateway/auth.py)
     auth_leeway_s: float = Field(10.0, ge=0, le=300)  # clock skew allowed on a token's exp
     cors_origins: Annotated[tuple[str, ...], NoDecode] = ()  # comma-separated; empty: no CORS headers

@@ -23,6 +23,14 @@ def event(entry_id: str, data: str, name: str | None = None) -> bytes:
     return f"{head}id: {entry_id}\ndata: {data}\n\n".encode()
 
 
+def event_bytes(entry_id: str, data: bytes, name: str | None = None) -> bytes:
+    """``event`` for data that is already UTF-8 (one per entry: no str round trip)."""
+    if b"\n" in data or b"\r" in data:
+        raise ValueError("SSE data must be a single line")
+    head = f"event: {name}\nid: {entry_id}\ndata: " if name else f"id: {entry_id}\ndata: "
+    return b"%b%b\n\n" % (head.encode(), data)
+
+
 def id_only(entry_id: str) -> bytes:
     return f"id: {entry_id}\n\n".encode()
 

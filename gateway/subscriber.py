@@ -21,11 +21,12 @@ from aiohttp import web
 
 from . import sse
 from .context import Gateway
-from .feed import Batch, Filter, Item, JobFeed, frames, gap_frame, make_item, predecessor
+from .feed import Batch, Filter, Frames, Item, JobFeed, Shared, frames, gap_frame, make_item, predecessor
 from .ids import StreamId, format_id, from_redis
 from .streams import xrange
 
 log = logging.getLogger(__name__)
+_BACKED_UP_CHUNKS = 8
 
 
 class ClientGone(Exception):
@@ -69,17 +70,21 @@ class Subscriber:
 
     def push(self, batch: Batch) -> None:
         """The feed's direct write while parked. What the socket does not take at once stays in
-        the transport (one batch, at most ``write_chunk_bytes``); the subscriber then leaves the
-        park and drains it in its own task, where the watchdog sees it."""
+        the transport (one batch); the subscriber then leaves the park and drains it in its own
+        task, where the watchdog sees it. A batch larger than a small write goes to a client
+        whose kernel queue is backed up only through its own task, in small writes."""
         transport = self.request.transport
         if self._chunked is None or transport is None or transport.is_closing() or batch.after != self.cursor:
             self._unpark()
             return
-        data = batch.chunked if self._chunked else batch.plain
+        if len(batch.blob) > self.gw.settings.write_buffer_bytes and self._backed_up():
+            self._unpark()
+            return
+        data = batch.chunked if self._chunked else batch.blob
         transport.write(data)
         self.pushes += 1
         self.sent += batch.events
-        self.cursor = batch.last
+        self.cursor = batch.after if batch.cursor is None else batch.cursor
         pending = self._unreported
         pending[3] += 1
         pending[0] += batch.events
@@ -117,21 +122,13 @@ class Subscriber:
             while not self._stopped and not self._ended:
                 self._wake.clear()  # before looking: an append after this wakes us
                 await self._settle(0, None)  # what a push left in the transport drains first
-                paged = bool(self._backlog)
-                items = self._backlog or self.feed.after(self.cursor)
-                if items is None:
-                    items, paged = await self._page(), True
-                if not items:
+                due = await self._due()
+                if due is None:
                     await self._idle()
                     continue
-                # what a write chunk could not take of a page from Redis is kept for the next
-                # write, never read and decoded twice; a ring slice is let go before waiting
-                blob, cursor, ended, count = frames(items, self.filter, self._chunk_bytes())
-                self._backlog = _after(items, cursor) if paged and cursor is not None else []
-                del items
-                size = len(blob)
-                await self._put(blob)
-                del blob  # the transport has its copy: a slow client does not hold a second one
+                cursor, ended, count = due.cursor, due.ended, due.events
+                size = await self._put_due(due)
+                del due  # the transport has its copy: a slow client does not hold a second one
                 await self._settle(size, cursor, count)
                 if ended:
                     return
@@ -141,6 +138,41 @@ class Subscriber:
             self.parked = False
             self.feed.unlisten(self)
             self.report()
+
+    async def _put_due(self, due: Frames | Shared) -> int:
+        """Bytes shared with other clients go to the transport as they are, already framed;
+        the rest through aiohttp."""
+        if isinstance(due, Shared) and self._chunked is not None:
+            transport = self.request.transport
+            if transport is None or transport.is_closing():
+                raise ClientGone
+            data = due.chunked if self._chunked else due.blob
+            transport.write(data)
+            return len(data)
+        blob = due.blob
+        await self._put(blob)
+        return len(blob)
+
+    async def _due(self) -> Frames | Shared | None:
+        """The next write, or ``None`` when there is nothing to send. What a write chunk could
+        not take of a page from Redis is kept for the next write, never read and decoded twice;
+        a ring slice is let go before the write waits."""
+        if not self._backlog and self.cursor == self.feed.last:
+            return None
+        limit = self._chunk_bytes()
+        if not self._backlog and not self.filter.active:
+            shared = self.feed.frames_after(self.cursor, limit)
+            if shared is not None:
+                return shared if shared.blob else None
+        paged = bool(self._backlog)
+        items = self._backlog or self.feed.after(self.cursor)
+        if items is None:
+            items, paged = await self._page(), True
+        if not items:
+            return None
+        due = frames(items, self.filter, limit)
+        self._backlog = _after(items, due.cursor) if paged and due.cursor is not None else []
+        return due
 
     async def _idle(self) -> None:
         """Wait for the feed; parked when the feed may write to us directly meanwhile. The
@@ -252,14 +284,16 @@ class Subscriber:
         self._unreported = [0, 0, 0, 0]
 
     def _chunk_bytes(self) -> int:
-        """A full chunk while the client keeps up; a small one once its kernel send queue is
-        backed up, so that a client which stops reading leaves little unsent in the gateway."""
+        """A full chunk while the client keeps up; a small one once it is backed up."""
         s = self.gw.settings
-        return (
-            s.write_buffer_bytes
-            if kernel_queued(self.request.transport) >= s.write_chunk_bytes
-            else s.write_chunk_bytes
-        )
+        return s.write_buffer_bytes if self._backed_up() else s.write_chunk_bytes
+
+    def _backed_up(self) -> bool:
+        """Several chunks unread in the kernel send queue: the client has stopped keeping up,
+        so writes get small and one that stops reading leaves little unsent in the gateway.
+        (Fast clients often have a chunk or two queued: that is not it.)"""
+        queued = kernel_queued(self.request.transport)
+        return queued >= _BACKED_UP_CHUNKS * self.gw.settings.write_chunk_bytes
 
     def unsent(self) -> int:
         transport = self.request.transport
@@ -284,12 +318,17 @@ class Subscriber:
 def kernel_queued(transport: asyncio.BaseTransport | None) -> int:
     """Bytes in the socket's kernel send queue (Linux ``SIOCOUTQ``); 0 where unknown."""
     sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or not hasattr(termios, "TIOCOUTQ"):
+    if sock is None or _OUTQ is None:
         return 0
+    buf = bytearray(4)
     try:
-        return int.from_bytes(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"), sys.byteorder)
+        fcntl.ioctl(sock.fileno(), _OUTQ, buf, True)
     except (OSError, ValueError):
         return 0
+    return int.from_bytes(buf, sys.byteorder)
+
+
+_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 
 def _after(items: list[Item], cursor: StreamId) -> list[Item]:

@@ -406,3 +406,20 @@ def test_property_round_trip(
 def test_timestamps_are_padded_iso_8601_at_the_edges(ts_ms: int, text: str) -> None:
     assert ms_to_iso(ts_ms) == text
     assert iso_to_ms(text) == ts_ms
+
+
+def test_entry_json_is_compact_json_dumps_output_and_falls_back_where_orjson_refuses() -> None:
+    """orjson is an optimisation: for every value an entry can hold the bytes are json.dumps'
+    compact, non-ASCII form; what orjson refuses goes through json.dumps instead of failing."""
+    from broker.codec import entry_json_bytes
+
+    entry: Any = {
+        "id": "1-0",
+        "msg": 'é 🎉 \u2028 \x00\x1f\x7f \n\r\t\b\f "quoted" \\ back',
+        "fields": {"n": 2**63, "neg": -(2**63), "f": 0.1, "big": 1.5e300, "l": [True, None, {}]},
+    }
+    expected = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
+    assert json.loads(entry_json_bytes(entry)) == json.loads(expected)
+    assert entry_json(entry) == entry_json_bytes(entry).decode()
+    huge: Any = {"id": "1-0", "fields": {"n": 2**70}, "s": "\ud800"}  # beyond 64 bits; a lone surrogate
+    assert entry_json(huge) == json.dumps(huge, separators=(",", ":"))

@@ -67,10 +67,10 @@ def test_parked_listeners_get_one_shared_batch_others_are_woken(redis_server: Re
     assert parked.pushed[0] is parked2.pushed[0], "built once, shared by every parked client"
     first, second = parked.pushed
     items = [make_item("j", i, f) for i, f in raw]
-    assert (first.after, first.last) == (ZERO, items[1].sid)
-    assert (second.after, second.last) == (items[1].sid, items[4].sid)
-    assert second.plain == b"".join(i.frame for i in items[2:])
-    assert second.chunked == b"%x\r\n" % len(second.plain) + second.plain + b"\r\n"
+    assert (first.after, first.cursor) == (ZERO, items[1].sid)
+    assert (second.after, second.cursor) == (items[1].sid, items[4].sid)
+    assert second.blob == b"".join(i.frame for i in items[2:])
+    assert second.chunked == b"%x\r\n" % len(second.blob) + second.blob + b"\r\n"
     assert (second.events, second.ended) == (3, False)
 
 

@@ -53,6 +53,11 @@ def test_environment_is_read_with_the_logbroker_prefix(monkeypatch: pytest.Monke
         ("SENTINELS", "no-port"),
         ("SENTINELS", "127.0.0.1:99999"),
         ("SENTINELS", "127.0.0.1:26379"),  # without LOGBROKER_SENTINEL_MASTER
+        ("EVENT_LOOP", "trio"),
+        ("READ_LINGER_MS", "-1"),
+        ("READ_LINGER_MS", "5000"),
+        ("WRITE_BUFFER_BYTES", "100"),
+        ("WRITE_CHUNK_BYTES", "0"),
     ],
 )
 def test_malformed_settings_are_refused_with_the_setting_named(
@@ -146,3 +151,28 @@ def test_serve_says_clearly_when_no_redis_server_can_be_found(tmp_path: Path) ->
     )  # fmt: skip
     assert done.returncode == 1
     assert "no redis-server found" in done.stderr and "LOGBROKER_REDIS_URL" in done.stderr
+
+
+def test_event_loop_setting_picks_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    import uvloop
+
+    from gateway.cli import new_event_loop
+
+    for kind, expected in (
+        ("asyncio", asyncio.BaseEventLoop),
+        ("uvloop", uvloop.Loop),
+        ("auto", uvloop.Loop),
+    ):
+        loop = new_event_loop(kind)
+        try:
+            assert isinstance(loop, expected), kind
+        finally:
+            loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # as if it were not installed
+    loop = new_event_loop("auto")
+    assert not isinstance(loop, uvloop.Loop)
+    loop.close()
+    with pytest.raises(SystemExit, match="uvloop is not installed"):
+        new_event_loop("uvloop")
