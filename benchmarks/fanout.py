@@ -78,6 +78,7 @@ SLOW_GATEWAY = {"write_timeout_s": 600}  # stalled clients must not be reaped wh
 REPORTED_SETTINGS = (
     "partitions", "heartbeat_s", "write_timeout_s", "write_chunk_bytes", "write_buffer_bytes",
     "max_clients", "ring_entries", "ring_bytes", "page_entries", "read_block_ms", "read_count",
+    "read_linger_ms", "event_loop",
 )  # fmt: skip
 _MP = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from the parent
 
