@@ -90,6 +90,8 @@ GATEWAY_COUNTERS = {  # Prometheus name -> JSON key (gateway/metrics.py)
     "logbroker_entries_read_total": "entries_read",
     "logbroker_sse_entries_sent_total": "entries_sent",
     "logbroker_sse_pages_total": "pages_read",
+    "logbroker_sse_page_hits_total": "pages_shared",
+    "logbroker_sse_pushes_total": "pushes",
     "logbroker_sse_reaped_total": "reaped",
     "logbroker_dropped_entries_total": "dropped",
 }

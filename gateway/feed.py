@@ -3,14 +3,19 @@
 The feed covers the stream from ``base`` (exclusive) to ``last`` (inclusive). Its ring is bounded
 by entries and bytes; when it overflows, the oldest frames go and ``base`` moves forward. A
 subscriber whose cursor is behind ``base`` is not dropped: it pages from Redis at its own pace
-(see ``gateway.subscriber``) and rejoins the ring when it has caught up.
+(see ``gateway.subscriber``) and rejoins the ring when it has caught up; the pages it reads are
+kept decoded for the job's other lagging clients (``Pages``). Writes are shared too: a small
+append goes to every parked client as one ``Batch``, and clients at the same cursor reuse one
+``Shared`` write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from bisect import bisect_right
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -184,6 +189,58 @@ class Listener(Protocol):
     def push(self, batch: Batch) -> None: ...
 
 
+class Pages:
+    """Pages read from Redis for clients behind the ring, kept decoded for the job's other lagging
+    clients: they tend to cover the same ranges, and decoding and encoding a paged entry costs
+    far more than sending it. A page read after cursor ``after`` holds every entry up to its
+    last one, so it serves any cursor in between. Bounded in bytes; the oldest page goes first."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._pages: deque[tuple[StreamId, list[Item], int]] = deque()
+        self._bytes = 0
+        self._reading: dict[StreamId, asyncio.Event] = {}  # reads in flight, by their cursor
+        self.hits = 0
+
+    def reading(self, cursor: StreamId) -> asyncio.Event | None:
+        """A read in flight that may cover ``cursor`` (it started at or before it): waiting for it
+        is cheaper than a read of one's own when clients move in step."""
+        for after, done in self._reading.items():
+            if after <= cursor:
+                return done
+        return None
+
+    def begin(self, cursor: StreamId) -> asyncio.Event:
+        done = self._reading[cursor] = asyncio.Event()
+        return done
+
+    def end(self, cursor: StreamId, done: asyncio.Event) -> None:
+        if self._reading.get(cursor) is done:
+            del self._reading[cursor]
+        done.set()
+
+    def after(self, cursor: StreamId) -> list[Item] | None:
+        """The rest of a kept page after ``cursor``, or ``None`` when no page covers it."""
+        for after, items, _ in self._pages:
+            if after <= cursor < items[-1].sid:
+                self.hits += 1
+                return items[bisect_right(items, cursor, key=_sid) :]
+        return None
+
+    def keep(self, after: StreamId, items: list[Item]) -> None:
+        if not items:
+            return
+        size = sum(len(i.frame) for i in items)
+        self._pages.append((after, items, size))
+        self._bytes += size
+        while self._bytes > self.max_bytes and len(self._pages) > 1:
+            self._bytes -= self._pages.popleft()[2]
+
+
+def _sid(item: Item) -> StreamId:
+    return item.sid
+
+
 class JobFeed:
     """Recent frames of one job, shared by all its subscribers in this process."""
 
@@ -210,6 +267,7 @@ class JobFeed:
         self._bytes = 0
         self._listeners: set[Listener] = set()
         self._shared: dict[tuple[StreamId, int], Shared] = {}  # see ``frames_after``
+        self.pages = Pages(max_bytes // 2)  # history for lagging clients: half the ring's budget
 
     def __len__(self) -> int:
         return len(self._items) - self._head

@@ -27,6 +27,11 @@ class Metrics:
         self.pages = Counter(
             "logbroker_sse_pages_total", "Pages read from Redis for clients behind the ring", registry=r
         )
+        self.page_hits = Counter(
+            "logbroker_sse_page_hits_total",
+            "Pages for clients behind the ring served from one another lagging client had read",
+            registry=r,
+        )
         self.reaped = Counter(
             "logbroker_sse_reaped_total", "Clients closed because a write timed out", registry=r
         )

@@ -203,7 +203,29 @@ class Subscriber:
         )
 
     async def _page(self) -> list[Item]:
-        """Entries after the cursor straight from Redis, for a client behind the ring."""
+        """Entries after the cursor for a client behind the ring: from a page another lagging
+        client of the job had read, else straight from Redis (and kept for the others)."""
+        pages = self.feed.pages
+        in_flight = pages.reading(self.cursor)
+        if in_flight is not None:
+            await in_flight.wait()
+        kept = pages.after(self.cursor)
+        if kept:
+            self.gw.metrics.page_hits.inc()
+            return kept
+        start = self.cursor
+        done = pages.begin(start)
+        try:
+            items, gap = await self._read_page()
+        finally:
+            pages.end(start, done)  # before writing anything: never make others wait on our client
+        if gap:
+            await self.write(gap, None)
+        return items
+
+    async def _read_page(self) -> tuple[list[Item], bytes]:
+        """A page from Redis (kept for the job's other lagging clients) and, when entries after
+        the cursor were trimmed, the gap event that moves the cursor past them."""
         gw = self.gw
         gw.metrics.pages.inc()
         try:
@@ -215,13 +237,15 @@ class Subscriber:
             # Redis away: keep the client (heartbeats continue while idle) and try again later
             log.info("paging %s from Redis failed (%s); the client waits", self.feed.job, type(e).__name__)
             await asyncio.sleep(0.5)
-            return []
+            return [], b""
+        gap = b""
         if first_available is not None:
-            frame, self.cursor = gap_frame(self.cursor, first_available)
-            await self.write(frame, None)
+            gap, self.cursor = gap_frame(self.cursor, first_available)
         if not raw:  # everything between the cursor and the ring was trimmed
-            return self.feed.after(self.feed.base) or []
-        return [make_item(self.feed.job, i, f) for i, f in raw]
+            return self.feed.after(self.feed.base) or [], gap
+        items = [make_item(self.feed.job, i, f) for i, f in raw]
+        self.feed.pages.keep(self.cursor, items)
+        return items, gap
 
     async def write(self, blob: bytes, cursor: StreamId | None, count: int = 0) -> None:
         """Write, then wait until the socket has taken all of it: the client's reading speed sets
