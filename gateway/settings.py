@@ -50,7 +50,7 @@ class GatewaySettings(BaseSettings):
     heartbeat_s: float = Field(15.0, gt=0, le=3600)
     retry_ms: int = Field(2000, ge=0, le=3_600_000)
     write_timeout_s: float = Field(30.0, gt=0)
-    write_chunk_bytes: int = Field(32 * 1024, ge=1024)  # at most this much per write to one client
+    write_chunk_bytes: int = Field(64 * 1024, ge=1024)  # at most this much per write to one client
     # per write once a client's kernel send queue already holds write_chunk_bytes: what a client
     # that stopped reading makes the gateway hold
     write_buffer_bytes: int = Field(8 * 1024, ge=1024)

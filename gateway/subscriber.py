@@ -26,7 +26,7 @@ from .ids import StreamId, format_id, from_redis
 from .streams import xrange
 
 log = logging.getLogger(__name__)
-_BACKED_UP_CHUNKS = 8
+_BACKED_UP_CHUNKS = 8  # this many chunks unread in the kernel: a client that stopped keeping up
 
 
 class ClientGone(Exception):
@@ -64,6 +64,7 @@ class Subscriber:
         self.pushes = 0
         self._ended = False  # the end event went out in a push
         self._chunked: bool | None = None  # the response's framing, known after its first write
+        self._queued_at_most = 0  # the kernel send queue at the last look plus what was written since
 
     def wake(self) -> None:
         self._wake.set()
@@ -89,6 +90,7 @@ class Subscriber:
         pending[3] += 1
         pending[0] += batch.events
         pending[1] += len(data)
+        self._queued_at_most += len(data)
         pending[2] += 1
         if batch.ended:
             self._ended = True
@@ -286,6 +288,7 @@ class Subscriber:
             return
         pending = self._unreported
         pending[1] += size
+        self._queued_at_most += size
         if cursor is not None:
             pending[0] += count
             self.sent += count
@@ -315,9 +318,13 @@ class Subscriber:
     def _backed_up(self) -> bool:
         """Several chunks unread in the kernel send queue: the client has stopped keeping up,
         so writes get small and one that stops reading leaves little unsent in the gateway.
-        (Fast clients often have a chunk or two queued: that is not it.)"""
-        queued = kernel_queued(self.request.transport)
-        return queued >= _BACKED_UP_CHUNKS * self.gw.settings.write_chunk_bytes
+        (Fast clients often have a chunk or two queued: that is not it.) The queue only grows by
+        what we write, so the kernel is asked only once that could have reached the limit."""
+        limit = _BACKED_UP_CHUNKS * self.gw.settings.write_chunk_bytes
+        if self._queued_at_most < limit:
+            return False
+        self._queued_at_most = kernel_queued(self.request.transport)
+        return self._queued_at_most >= limit
 
     def unsent(self) -> int:
         transport = self.request.transport
