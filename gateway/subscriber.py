@@ -81,24 +81,15 @@ class Subscriber:
         if len(batch.blob) > self.gw.settings.write_buffer_bytes and self._backed_up():
             self._unpark()
             return
-        data = batch.chunked if self._chunked else batch.blob
-        transport.write(data)
+        size = self._write_shared(transport, batch)
         self.pushes += 1
-        self.sent += batch.events
-        self.cursor = batch.after if batch.cursor is None else batch.cursor
-        pending = self._unreported
-        pending[3] += 1
-        pending[0] += batch.events
-        pending[1] += len(data)
-        self._queued_at_most += len(data)
-        pending[2] += 1
+        self._unreported[3] += 1
+        self._account(size, batch.cursor, batch.events)
         if batch.ended:
             self._ended = True
             self._unpark()
         elif transport.get_write_buffer_size():
             self._unpark()
-        elif pending[2] >= 64:
-            self.report()
 
     def _unpark(self) -> None:
         self.parked = False
@@ -148,12 +139,15 @@ class Subscriber:
             transport = self.request.transport
             if transport is None or transport.is_closing():
                 raise ClientGone
-            data = due.chunked if self._chunked else due.blob
-            transport.write(data)
-            return len(data)
+            return self._write_shared(transport, due)
         blob = due.blob
         await self._put(blob)
         return len(blob)
+
+    def _write_shared(self, transport: asyncio.WriteTransport, shared: Shared) -> int:
+        data = shared.chunked if self._chunked else shared.blob
+        transport.write(data)
+        return len(data)
 
     async def _due(self) -> Frames | Shared | None:
         """The next write, or ``None`` when there is nothing to send. What a write chunk could
@@ -284,16 +278,18 @@ class Subscriber:
                 raise ClientGone from e
             finally:
                 self.writing_since = None
-        if not size:
-            return
+        if size:
+            self._account(size, cursor, count)
+
+    def _account(self, size: int, cursor: StreamId | None, count: int) -> None:
         pending = self._unreported
         pending[1] += size
+        pending[2] += 1
         self._queued_at_most += size
         if cursor is not None:
             pending[0] += count
             self.sent += count
             self.cursor = cursor
-        pending[2] += 1
         if pending[2] >= 64:
             self.report()
 

@@ -281,3 +281,21 @@ async def stalled_client_holds_little(gw: Any, client: Any, redis_server: RedisS
     frame = max(len(i.frame) for i in feed.after(feed.base) or [])
     # a write stops after the frame that reaches the limit: at most one frame over it, plus framing
     assert 0 < stalled.unsent() <= 4096 + frame + 16, "one small write waits, not a chunk"
+
+
+def test_clients_at_one_cursor_share_one_write_until_the_next_append(redis_server: RedisServer) -> None:
+    raw = raw_entries(redis_server.url, "j", [f"m{i}" for i in range(6)])
+    feed = new_feed()
+    feed.append(raw[:4])
+    first = feed.frames_after(ZERO, 1 << 20)
+    assert first is not None and feed.frames_after(ZERO, 1 << 20) is first, "built once, reused"
+    items = [make_item("j", i, f) for i, f in raw]
+    assert first.blob == b"".join(i.frame for i in items[:4]) and first.events == 4
+    assert first.chunked == b"%x\r\n" % len(first.blob) + first.blob + b"\r\n"
+    small = feed.frames_after(ZERO, len(items[0].frame))
+    assert small is not None and small.cursor == items[0].sid, "another size is another write"
+    feed.append(raw[4:])
+    after = feed.frames_after(ZERO, 1 << 20)
+    assert after is not first and after is not None and after.events == 6, "an append makes it stale"
+    assert feed.frames_after(items[5].sid, 1 << 20) is not None
+    assert feed.frames_after(items[5].sid, 1 << 20).blob == b""  # type: ignore[union-attr]
