@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -79,3 +80,14 @@ def publish_paced(url: str, job: str, n: int, pace_s: float, name: str = "Paced"
             if pace_s and i % 50 == 0:
                 time.sleep(pace_s)
         pub.job(job).end("completed")
+
+
+async def wait_for_subscribers(gw: Any, n: int, *, parked: bool = False, timeout_s: float = 4.0) -> None:
+    """Until the gateway has ``n`` SSE subscribers (all parked at the feed's end, if asked)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while asyncio.get_running_loop().time() < deadline:
+        subs = list(gw.subscribers)
+        if len(subs) == n and (not parked or all(s.parked for s in subs)):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"expected {n} subscribers{' parked' if parked else ''}, have {len(gw.subscribers)}")

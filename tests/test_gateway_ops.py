@@ -14,7 +14,7 @@ from gateway.context import GATEWAY
 from gateway.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.conftest import MakeGateway
-from tests.helpers import publish
+from tests.helpers import publish, wait_for_subscribers
 from tests.sse_client import parse
 
 BIG = "x" * 20_000
@@ -30,10 +30,7 @@ async def test_half_open_client_is_reaped_and_others_are_unaffected(
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stuck.sendall(b"GET /v1/jobs/ho/stream HTTP/1.1\r\nHost: test\r\n\r\n")  # and never reads
     healthy = await client.get("/v1/jobs/ho/stream")
-    for _ in range(100):
-        if len(gw.subscribers) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_subscribers(gw, 2)
     async with Publisher(redis_server.url) as pub:
         job = pub.job("ho")
         for i in range(1500):  # 30 MB: far more than socket buffers hold

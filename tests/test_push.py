@@ -24,7 +24,7 @@ from gateway.ids import ZERO, from_redis
 from gateway.redis_server import RedisServer
 from gateway.subscriber import kernel_queued
 from tests.conftest import MakeGateway
-from tests.helpers import read_job
+from tests.helpers import read_job, wait_for_subscribers
 from tests.sse_client import parse
 
 
@@ -141,11 +141,7 @@ async def test_live_clients_get_pushes_exact_bytes_in_both_framings(
         asyncio.create_task(read_http(client.port, "/v1/jobs/live/stream", v, b"event: end"))
         for v in ("1.1", "1.1", "1.0")
     ]
-    for _ in range(200):
-        if len(gw.subscribers) == 3 and all(s.parked for s in gw.subscribers):
-            break
-        await asyncio.sleep(0.02)
-    assert all(s.parked for s in gw.subscribers), "idle, caught-up clients park"
+    await wait_for_subscribers(gw, 3, parked=True)  # idle, caught-up clients park
     async with Publisher(redis_server.url) as pub:
         step = pub.job("live").step("s")
         for i in range(60):
@@ -177,10 +173,7 @@ async def test_filtered_and_unfiltered_clients_both_get_everything(
     gw = client.app[GATEWAY]
     everything = await client.get("/v1/jobs/mixed/stream")
     warnings = await client.get("/v1/jobs/mixed/stream?level=warning")
-    for _ in range(200):
-        if len(gw.subscribers) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_subscribers(gw, 2)
     async with Publisher(redis_server.url) as pub:
         worker = pub.job("mixed").step("s").worker("w")
         for i in range(100):
@@ -205,10 +198,7 @@ async def test_heartbeats_only_when_nothing_else_went_out(
     client = await make_gateway(heartbeat_s=0.3)
     gw = client.app[GATEWAY]
     resp = await client.get("/v1/jobs/beat/stream")
-    for _ in range(200):
-        if gw.subscribers and all(s.parked for s in gw.subscribers):
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_subscribers(gw, 1, parked=True)
     async with Publisher(redis_server.url) as pub:
         worker = pub.job("beat").step("s").worker("w")
         for i in range(30):  # an entry every 50 ms for 1.5 s: pushes keep the stream busy
@@ -264,10 +254,7 @@ async def test_a_client_that_stops_reading_leaves_one_small_write_unsent(
 
 async def stalled_client_holds_little(gw: Any, client: Any, redis_server: RedisServer) -> None:
     healthy = await client.get("/v1/jobs/stall/stream")
-    for _ in range(200):
-        if len(gw.subscribers) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await wait_for_subscribers(gw, 2)
     async with Publisher(redis_server.url) as pub:
         step = pub.job("stall").step("s")
         for i in range(3000):  # ~6 MB: more than the kernel buffers of the stalled socket
