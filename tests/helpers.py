@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import redis
@@ -91,3 +93,16 @@ async def wait_for_subscribers(gw: Any, n: int, *, parked: bool = False, timeout
             return
         await asyncio.sleep(0.02)
     raise AssertionError(f"expected {n} subscribers{' parked' if parked else ''}, have {len(gw.subscribers)}")
+
+
+@contextmanager
+def stuck_client(port: int, job: str) -> Iterator[socket.socket]:
+    """An SSE client that sends its request and never reads (a tiny receive buffer, so the
+    gateway's writes back up at once), closed on the way out."""
+    stuck = socket.create_connection(("127.0.0.1", port))
+    try:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(f"GET /v1/jobs/{job}/stream HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        yield stuck
+    finally:
+        stuck.close()

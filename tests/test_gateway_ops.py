@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
@@ -14,7 +13,7 @@ from gateway.context import GATEWAY
 from gateway.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.conftest import MakeGateway
-from tests.helpers import publish, wait_for_subscribers
+from tests.helpers import publish, stuck_client, wait_for_subscribers
 from tests.sse_client import parse
 
 BIG = "x" * 20_000
@@ -26,29 +25,26 @@ async def test_half_open_client_is_reaped_and_others_are_unaffected(
 ) -> None:
     client = await make_gateway(write_timeout_s=0.5, heartbeat_s=0.2)
     gw = client.app[GATEWAY]
-    stuck = socket.create_connection(("127.0.0.1", client.port))
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.sendall(b"GET /v1/jobs/ho/stream HTTP/1.1\r\nHost: test\r\n\r\n")  # and never reads
-    healthy = await client.get("/v1/jobs/ho/stream")
-    await wait_for_subscribers(gw, 2)
-    async with Publisher(redis_server.url) as pub:
-        job = pub.job("ho")
-        for i in range(1500):  # 30 MB: far more than socket buffers hold
-            await job.step("s").info(f"{i} {BIG}")
-        await job.end("completed")
-    body = await asyncio.wait_for(healthy.read(), 60)
-    assert len(parse(body).events) == 1501
-    for _ in range(200):
-        if gw.metrics.reaped._value.get() == 1 and not gw.subscribers:
-            break
-        await asyncio.sleep(0.05)
-    assert gw.metrics.reaped._value.get() == 1, (
-        "the client that never reads is closed after the write timeout"
-    )
-    assert not gw.subscribers
-    feed = gw.fanout.feeds["ho"]
-    assert feed.nbytes <= gw.settings.ring_bytes
-    stuck.close()
+    with stuck_client(client.port, "ho"):  # a client that never reads
+        healthy = await client.get("/v1/jobs/ho/stream")
+        await wait_for_subscribers(gw, 2)
+        async with Publisher(redis_server.url) as pub:
+            job = pub.job("ho")
+            for i in range(1500):  # 30 MB: far more than socket buffers hold
+                await job.step("s").info(f"{i} {BIG}")
+            await job.end("completed")
+        body = await asyncio.wait_for(healthy.read(), 60)
+        assert len(parse(body).events) == 1501
+        for _ in range(200):
+            if gw.metrics.reaped._value.get() == 1 and not gw.subscribers:
+                break
+            await asyncio.sleep(0.05)
+        assert gw.metrics.reaped._value.get() == 1, (
+            "the client that never reads is closed after the write timeout"
+        )
+        assert not gw.subscribers
+        feed = gw.fanout.feeds["ho"]
+        assert feed.nbytes <= gw.settings.ring_bytes
 
 
 async def test_shutdown_ends_open_streams_cleanly(redis_server: RedisServer) -> None:

@@ -24,7 +24,7 @@ from gateway.ids import ZERO, from_redis
 from gateway.redis_server import RedisServer
 from gateway.subscriber import kernel_queued
 from tests.conftest import MakeGateway
-from tests.helpers import read_job, wait_for_subscribers
+from tests.helpers import read_job, stuck_client, wait_for_subscribers
 from tests.sse_client import parse
 
 
@@ -243,31 +243,22 @@ async def test_a_client_that_stops_reading_leaves_one_small_write_unsent(
 ) -> None:
     client = await make_gateway(write_timeout_s=60, write_buffer_bytes=4096)
     gw = client.app[GATEWAY]
-    stuck = socket.create_connection(("127.0.0.1", client.port))
-    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    stuck.sendall(b"GET /v1/jobs/stall/stream HTTP/1.1\r\nHost: t\r\n\r\n")  # and never reads
-    try:
-        await stalled_client_holds_little(gw, client, redis_server)
-    finally:
-        stuck.close()
-
-
-async def stalled_client_holds_little(gw: Any, client: Any, redis_server: RedisServer) -> None:
-    healthy = await client.get("/v1/jobs/stall/stream")
-    await wait_for_subscribers(gw, 2)
-    async with Publisher(redis_server.url) as pub:
-        step = pub.job("stall").step("s")
-        for i in range(3000):  # ~6 MB: more than the kernel buffers of the stalled socket
-            await step.info(f"{i} " + "y" * 2000)
-        await pub.job("stall").end("completed")
-    assert len(parse(await asyncio.wait_for(healthy.read(), 60)).events) == 3001
-    await asyncio.sleep(0.5)
-    [stalled] = list(gw.subscribers)
-    assert stalled.writing_since is not None, "it waits in a write for the client"
-    feed = gw.fanout.feeds["stall"]
-    frame = max(len(i.frame) for i in feed.after(feed.base) or [])
-    # a write stops after the frame that reaches the limit: at most one frame over it, plus framing
-    assert 0 < stalled.unsent() <= 4096 + frame + 16, "one small write waits, not a chunk"
+    with stuck_client(client.port, "stall"):
+        healthy = await client.get("/v1/jobs/stall/stream")
+        await wait_for_subscribers(gw, 2)
+        async with Publisher(redis_server.url) as pub:
+            step = pub.job("stall").step("s")
+            for i in range(3000):  # ~6 MB: more than the kernel buffers of the stalled socket
+                await step.info(f"{i} " + "y" * 2000)
+            await pub.job("stall").end("completed")
+        assert len(parse(await asyncio.wait_for(healthy.read(), 60)).events) == 3001
+        await asyncio.sleep(0.5)
+        [stalled] = list(gw.subscribers)
+        assert stalled.writing_since is not None, "it waits in a write for the client"
+        feed = gw.fanout.feeds["stall"]
+        frame = max(len(i.frame) for i in feed.after(feed.base) or [])
+        # a write stops after the frame that reaches the limit: at most one frame over it, plus framing
+        assert 0 < stalled.unsent() <= 4096 + frame + 16, "one small write waits, not a chunk"
 
 
 def test_clients_at_one_cursor_share_one_write_until_the_next_append(redis_server: RedisServer) -> None:
@@ -286,3 +277,38 @@ def test_clients_at_one_cursor_share_one_write_until_the_next_append(redis_serve
     assert after is not first and after is not None and after.events == 6, "an append makes it stale"
     assert feed.frames_after(items[5].sid, 1 << 20) is not None
     assert feed.frames_after(items[5].sid, 1 << 20).blob == b""  # type: ignore[union-attr]
+
+
+async def test_a_reader_lingers_after_a_caught_up_read(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """Entries that arrive while a partition reader lingers come in one append, not one each."""
+    client = await make_gateway(read_linger_ms=400)
+    gw = client.app[GATEWAY]
+    resp = await client.get("/v1/jobs/linger/stream")
+    await wait_for_subscribers(gw, 1)
+    feed = gw.fanout.feeds["linger"]
+    appends: list[tuple[float, int]] = []
+    first_read = asyncio.Event()
+    append = feed.append
+
+    def recording(raw: Any) -> int:
+        appends.append((asyncio.get_running_loop().time(), len(raw)))
+        first_read.set()
+        return append(raw)
+
+    feed.append = recording  # type: ignore[method-assign]
+    async with Publisher(redis_server.url) as pub:
+        worker = pub.job("linger").step("s").worker("w")
+        await worker.info("first")
+        await pub.flush()
+        await asyncio.wait_for(first_read.wait(), 10)
+        for i in range(3):  # three separate writes within the linger
+            await worker.info(f"m{i}")
+            await pub.flush()
+            await asyncio.sleep(0.03)
+        await pub.job("linger").end("completed")
+    events = parse(await asyncio.wait_for(resp.read(), 20)).events
+    assert [e.json()["msg"] for e in events[:4]] == ["first", "m0", "m1", "m2"]
+    assert appends[1][1] >= 3, f"the lingering reader took the three together: {appends}"
+    assert appends[1][0] - appends[0][0] >= 0.39, "and not before the linger was over"
