@@ -137,28 +137,42 @@ def _check_filters(page: Any, step: str) -> None:
     assert href is not None and "format=ndjson" in href and f"step={step}" in href
 
 
+# The page records its own main-thread tasks over 50 ms (the Long Tasks API), so what is measured
+# is the viewer's work, not the round trip from this process, whose publisher thread and the
+# gateway share two cores with Chromium (CI timed out a Python-side probe at 2.2 s).
+WATCH_LONG_TASKS = """
+window.__longest = 0;
+window.__long_tasks = 0;
+new PerformanceObserver((list) => {
+  for (const t of list.getEntries()) {
+    window.__long_tasks += 1;
+    window.__longest = Math.max(window.__longest, t.duration);
+  }
+}).observe({type: "longtask", buffered: true});
+"""
+
+
 def test_flood_keeps_the_dom_bounded_and_the_page_responsive(
     page: Any, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
     try:
+        page.add_init_script(WATCH_LONG_TASKS)
         page.goto(f"{gw.url}/#/jobs/flood")
         started = threading.Event()
         publisher = threading.Thread(
             target=_run_job, args=(redis_server.url, "flood", ["bulk"], 6000, 0, started)
         )
         publisher.start()
-        worst = 0.0
         while publisher.is_alive():
-            t0 = time.monotonic()
             count = page.eval_on_selector_all('.step[data-step="bulk"] .line', "els => els.length")
-            worst = max(worst, time.monotonic() - t0)
             assert count <= 500
             time.sleep(0.1)
         page.wait_for_function("document.getElementById('conn').textContent === 'ended'", timeout=60_000)
         assert page.text_content('.step[data-step="bulk"] .badge') == str(18_000 + 2)
         assert _dom_lines(page, "bulk") == list(range(18_002 - 499, 18_003))
-        assert worst < 2.0, f"the page stopped answering for {worst:.1f}s"
+        longest, long_tasks = page.evaluate("[window.__longest, window.__long_tasks]")
+        assert longest < 1000, f"one task held the page for {longest:.0f} ms ({long_tasks} tasks over 50 ms)"
         page.click('.step[data-step="bulk"] .earlier')
         page.wait_for_function("document.querySelectorAll('.step[data-step=\"bulk\"] .line').length === 1000")
         assert _dom_lines(page, "bulk") == list(range(18_002 - 999, 18_003))
