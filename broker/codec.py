@@ -22,6 +22,7 @@ import orjson
 from .constants import (
     BODY_VERSION,
     KIND_END,
+    KIND_LOG,
     KIND_NAMES,
     LEVEL_NAMES,
     MAX_FIELDS_BYTES,
@@ -90,6 +91,67 @@ def pack_item(d: Draft, src: str | None, seq: int | None) -> bytes:
     body = pack_body(d.ts_ms, d.level, d.kind, d.text, d.step, d.worker, d.parent, d.status, d.job_name,
                      d.job_type, src, seq, d.fields)  # fmt: skip
     return pack_control(d.step or "", d.worker or "", src or "", seq or 0, d.kind, d.status or "", body)
+
+
+class LinePacker:
+    """``pack_item`` for the log lines of one handle, with what never changes packed once.
+
+    A worker's lines differ only in time, level, message, seq and fields; step, worker, parent,
+    job name/type and src are the same every time. Packing those once per handle, and the rest
+    with two packer calls into the exact bytes ``pack_item`` makes, is most of what lets one
+    process publish 150,000 lines a second (issue 7). Anything unusual (text with lone
+    surrogates) takes ``pack_item`` itself, so the bytes never differ.
+    """
+
+    __slots__ = ("_body_mid", "_control_head", "_identity", "src")
+
+    def __init__(
+        self,
+        src: str,
+        step: str | None,
+        worker: str | None,
+        parent: str | None,
+        job_name: str | None,
+        job_type: str | None,
+    ) -> None:
+        self.src = src
+        self._identity = (step, worker, parent, job_name, job_type)
+        # body positions 5..11 (status is None on a log line), and the control tuple's first three
+        self._body_mid = _packb([step, worker, parent, None, job_name, job_type, src])[1:]
+        self._control_head = _CONTROL_HEADER + _pack_raw([step or "", worker or "", src])[1:]
+
+    def pack(self, ts_ms: int, level: int, text: str, seq: int, fields: dict[str, Any] | None) -> bytes:
+        try:
+            head = _packb([BODY_VERSION, ts_ms, level, KIND_LOG, text])
+            tail = b"\xc0" if fields is None else _packb(fields)
+        except UnicodeEncodeError:
+            return self._generic(ts_ms, level, text, seq, fields)
+        if len(tail) > MAX_FIELDS_BYTES:
+            raise InvalidEntry("fields", f"packed size exceeds {MAX_FIELDS_BYTES} bytes")
+        packed_seq = _packb(seq)
+        size = len(head) + len(self._body_mid) + len(packed_seq) + len(tail)
+        body_header = b"\xda" + size.to_bytes(2, "big") if 32 <= size < 0x10000 else _raw_header(size)
+        return b"".join((self._control_head, packed_seq, _LOG_CONTROL_MIDDLE, body_header,
+                         _BODY_HEADER, head[1:], self._body_mid, packed_seq, tail))  # fmt: skip
+
+    def _generic(self, ts_ms: int, level: int, text: str, seq: int, fields: dict[str, Any] | None) -> bytes:
+        step, worker, parent, job_name, job_type = self._identity
+        draft = Draft(level, KIND_LOG, text, step, worker, parent, None, fields, job_name, job_type, ts_ms)
+        return pack_item(draft, self.src, seq)
+
+
+def _raw_header(n: int) -> bytes:
+    """The header ``use_bin_type=False`` gives bytes of length ``n`` (the control tuple's body)."""
+    if n < 32:
+        return bytes((0xA0 | n,))
+    if n < 0x10000:
+        return b"\xda" + n.to_bytes(2, "big")
+    return b"\xdb" + n.to_bytes(4, "big")
+
+
+_CONTROL_HEADER = b"\x97"  # [step, worker, src, seq, kind, status, body]
+_BODY_HEADER = bytes((0x90 | _BODY_LEN,))
+_LOG_CONTROL_MIDDLE = _pack_raw(KIND_LOG) + _pack_raw("")  # kind, status of a log line
 
 
 def pack_batch(items: list[bytes]) -> bytes:

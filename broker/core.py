@@ -22,7 +22,7 @@ from .constants import KINDS, LEVELS, META_SEP
 from .delivery import Backoff, Outcome, is_retryable
 from .entry import kind_number, level_number
 from .errors import PublisherClosed
-from .outbox import Batch, DeliveryReport, Offer, Outbox
+from .outbox import Batch, DeliveryReport, LineOrigin, Offer, Outbox
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[PublisherCore] = weakref.WeakSet()
@@ -102,6 +102,14 @@ class PublisherCore:
             job_type=job_type,
             ts_ms=ts_ms,
         )
+
+    def _offer_line(
+        self, origin: LineOrigin, level: str | int, msg: object, fields: dict[str, Any] | None
+    ) -> Offer:
+        if self._closed:
+            raise PublisherClosed(f"publisher {self.src} is closed")
+        lv = LEVELS.get(level) if isinstance(level, str) else None
+        return self._outbox.offer_line(origin, lv if lv is not None else level_number(level), msg, fields)
 
     def _settle(self, batches: Sequence[Batch], outcomes: Sequence[Outcome]) -> float | None:
         """Apply write outcomes; returns how long to wait before retrying some, or ``None``."""

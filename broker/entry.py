@@ -129,6 +129,8 @@ def clip_message(msg: object, max_bytes: int) -> str:
     Bytes are decoded as UTF-8 with replacement characters, so a worker printing binary garbage
     gets a visible ``\ufffd`` rather than an exception.
     """
+    if type(msg) is str and len(msg) * 4 <= max_bytes:  # nearly every message: nothing to do
+        return msg
     if isinstance(msg, bytes | bytearray | memoryview):
         msg = bytes(msg).decode("utf-8", "replace")
     elif not isinstance(msg, str):

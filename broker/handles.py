@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Generic, Protocol, TypeVar
 
+from .codec import LinePacker
 from .entry import check_identity, check_job_id, check_name
 
 R = TypeVar("R")
@@ -33,9 +34,13 @@ class Sink(Protocol[R_co]):
         ts_ms: int | None = None,
     ) -> R_co: ...
 
+    def log_line(
+        self, origin: _Scope[Any], level: str | int, msg: object, fields: dict[str, Any] | None
+    ) -> R_co: ...
+
 
 class _Scope(Generic[R]):
-    __slots__ = ("_sink", "job", "job_name", "job_type", "parent", "step_name", "worker_name")
+    __slots__ = ("_packer", "_sink", "job", "job_name", "job_type", "parent", "step_name", "worker_name")
 
     def __init__(
         self,
@@ -52,19 +57,19 @@ class _Scope(Generic[R]):
         self.job_name = check_name("job_name", name)
         self.job_type = check_name("job_type", type)
         self.step_name, self.worker_name, self.parent = check_identity(step, worker, parent)
+        self._packer: LinePacker | None = None
 
     def log(self, level: str | int, msg: object, **fields: Any) -> R:
-        return self._sink.publish(
-            self.job,
-            msg,
-            level=level,
-            step=self.step_name,
-            worker=self.worker_name,
-            parent=self.parent,
-            fields=fields or None,
-            job_name=self.job_name,
-            job_type=self.job_type,
-        )
+        return self._sink.log_line(self, level, msg, fields or None)
+
+    def packer(self, src: str) -> LinePacker:
+        """This handle's lines, packed for ``src`` (a forked child publishes under a new src)."""
+        packer = self._packer
+        if packer is None or packer.src != src:
+            packer = self._packer = LinePacker(
+                src, self.step_name, self.worker_name, self.parent, self.job_name, self.job_type
+            )
+        return packer
 
     def debug(self, msg: object, **fields: Any) -> R:
         return self.log("debug", msg, **fields)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from types import TracebackType
 from typing import Any
@@ -20,7 +21,7 @@ from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
 from .delivery import AsyncRedis, async_client, load_script_async, write_async
 from .handles import JobHandle
-from .outbox import DeliveryReport, Offer
+from .outbox import DeliveryReport, LineOrigin, Offer
 
 log = logging.getLogger(__name__)
 _CONNECT_ATTEMPTS = 5
@@ -117,19 +118,40 @@ class Publisher(PublisherCore):
         wake = self._ensure_sender()
         if self._needs_resume(job):
             await self.resume(job)
-        while True:
-            offer = self._offer(
+
+        def offer() -> Offer:
+            return self._offer(
                 job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type, ts_ms
             )
-            if offer is not Offer.FULL:
-                break
-            assert self._progress is not None
-            self._progress.clear()
-            wake.set()
-            await self._progress.wait()
+
+        if offer() is Offer.FULL:
+            await self._until_queued(offer)
         wake.set()
-        if self._outbox.has_full_batch(job):
+        if self._outbox.should_yield(job):
             await asyncio.sleep(0)  # let the sender take it instead of growing the buffer
+
+    async def log_line(
+        self, origin: LineOrigin, level: str | int, msg: object, fields: dict[str, Any] | None
+    ) -> None:
+        """``publish`` of a handle's log line (the hot path; see ``Outbox.offer_line``)."""
+        wake = self._ensure_sender()
+        if self._needs_resume(origin.job):
+            await self.resume(origin.job)
+        if self._offer_line(origin, level, msg, fields) is Offer.FULL:
+            await self._until_queued(lambda: self._offer_line(origin, level, msg, fields))
+        wake.set()
+        if self._outbox.should_yield(origin.job):
+            await asyncio.sleep(0)
+
+    async def _until_queued(self, offer: Callable[[], Offer]) -> None:
+        """``overflow="block"``: wait for each write to make room, then offer again."""
+        assert self._wake is not None and self._progress is not None
+        while True:
+            self._progress.clear()
+            self._wake.set()
+            await self._progress.wait()
+            if offer() is not Offer.FULL:
+                return
 
     async def resume(self, job: str) -> int:
         """The last seq Redis holds for this publisher's src in ``job``; numbering continues after it.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -20,7 +21,7 @@ from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
 from .delivery import SyncRedis, load_script_sync, sync_client, write_sync
 from .handles import JobHandle
-from .outbox import DeliveryReport, Offer
+from .outbox import DeliveryReport, LineOrigin, Offer
 
 log = logging.getLogger(__name__)
 
@@ -111,17 +112,38 @@ class SyncPublisher(PublisherCore):
             self._ensure_sender()
         if self._needs_resume(job):
             self.resume(job)
-        while True:
-            offer = self._offer(
+
+        def offer() -> Offer:
+            return self._offer(
                 job, msg, level, kind, step, worker, parent, status, fields, job_name, job_type, ts_ms
             )
-            if offer is not Offer.FULL:
-                break
+
+        if offer() is Offer.FULL:
+            self._until_queued(offer)
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def log_line(
+        self, origin: LineOrigin, level: str | int, msg: object, fields: dict[str, Any] | None
+    ) -> None:
+        """``publish`` of a handle's log line (the hot path; see ``Outbox.offer_line``)."""
+        if self._thread is None:
+            self._ensure_sender()
+        if self._needs_resume(origin.job):
+            self.resume(origin.job)
+        if self._offer_line(origin, level, msg, fields) is Offer.FULL:
+            self._until_queued(lambda: self._offer_line(origin, level, msg, fields))
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def _until_queued(self, offer: Callable[[], Offer]) -> None:
+        """``overflow="block"``: the calling thread waits for each write to make room, then offers again."""
+        while True:
             with self._progress:
                 self._wake.set()
                 self._progress.wait(0.05)  # woken by the sender after each write
-        if not self._wake.is_set():
-            self._wake.set()
+            if offer() is not Offer.FULL:
+                return
 
     def resume(self, job: str) -> int:
         """The last seq Redis holds for this publisher's src in ``job``; numbering continues after it

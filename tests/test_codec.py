@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.codec import (
+    LinePacker,
     decode_entry,
     entry_json,
     iso_to_ms,
@@ -19,11 +20,12 @@ from broker.codec import (
     pack_batch,
     pack_body,
     pack_control,
+    pack_item,
     unpack_body,
     unpack_totals,
 )
 from broker.constants import KIND_END, KIND_LOG, KIND_STATUS, LEVELS, MAX_FIELDS_BYTES
-from broker.entry import check_fields
+from broker.entry import Draft, check_fields
 from broker.errors import CodecError, InvalidEntry
 
 ENTRY_KEYS = {
@@ -423,3 +425,34 @@ def test_entry_json_is_compact_json_dumps_output_and_falls_back_where_orjson_ref
     assert entry_json(entry) == entry_json_bytes(entry).decode()
     huge: Any = {"id": "1-0", "fields": {"n": 2**70}, "s": "\ud800"}  # beyond 64 bits; a lone surrogate
     assert entry_json(huge) == json.dumps(huge, separators=(",", ":"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    msg=st.text() | st.builds(str.__mul__, st.text(min_size=1, max_size=9), st.integers(3000, 9000)),
+    names=st.tuples(*[st.none() | _SAFE_NAME for _ in range(5)]),
+    src=_SAFE_NAME | st.text(max_size=300),
+    level=st.sampled_from(sorted(LEVELS.values())),
+    seq=st.integers(min_value=1, max_value=2**63),
+    ts_ms=st.integers(min_value=-62_135_596_800_000, max_value=253402300799999),
+    fields=_FIELDS | st.just({"s": "\ud800 lone"}),
+)
+def test_line_packer_makes_the_bytes_pack_item_makes(
+    msg: str, names: tuple[str | None, ...], src: str, level: int, seq: int, ts_ms: int, fields: Any
+) -> None:
+    step, worker, parent, job_name, job_type = names
+    expected = pack_item(
+        Draft(level, KIND_LOG, msg, step, worker, parent, None, fields, job_name, job_type, ts_ms), src, seq
+    )
+    assert (
+        LinePacker(src, step, worker, parent, job_name, job_type).pack(ts_ms, level, msg, seq, fields)
+        == expected
+    )
+
+
+def test_line_packer_refuses_oversized_fields_as_pack_item_does() -> None:
+    with pytest.raises(InvalidEntry) as info:
+        LinePacker("src", "s", "w", None, None, None).pack(
+            0, 20, "m", 1, {"blob": "x" * (MAX_FIELDS_BYTES + 1)}
+        )
+    assert info.value.field == "fields"

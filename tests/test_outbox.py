@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import msgpack
 import pytest
@@ -12,6 +12,7 @@ from broker.codec import unpack_body
 from broker.config import PublisherConfig
 from broker.constants import KIND_END, KIND_LOG, KIND_STATUS, LEVELS
 from broker.errors import InvalidEntry
+from broker.handles import JobHandle, WorkerHandle
 from broker.outbox import Batch, Offer, Outbox
 from broker.script import WriteResult
 
@@ -215,16 +216,16 @@ def test_an_entry_bigger_than_max_batch_bytes_still_goes_alone() -> None:
     assert seqs(take_one(box, "a")) == [2]
 
 
-def test_has_full_batch() -> None:
-    box = outbox(max_batch_entries=3)
-    assert not box.has_full_batch("a")
-    box.offer("a", "1")
-    box.offer("a", "2")
-    assert not box.has_full_batch("a")
-    box.offer("a", "3")
-    assert box.has_full_batch("a")
+def test_should_yield_only_every_few_entries_while_a_full_batch_waits() -> None:
+    box = outbox(max_batch_entries=20)
+    assert not box.should_yield("a")
+    yields = []
+    for i in range(1, 50):
+        box.offer("a", str(i))
+        yields.append(box.should_yield("a"))
+    assert [i for i, y in enumerate(yields, 1) if y] == [32, 48], "at multiples of 16 once a batch is full"
     take_one(box, "a")
-    assert not box.has_full_batch("a")
+    assert [len(box._queues["a"].items), box.should_yield("a")] == [49, False], "the full batch is in flight"
 
 
 # ---- linger ---------------------------------------------------------------------------------
@@ -638,3 +639,67 @@ def test_fields_tuples_become_lists() -> None:
     box.offer("a", "m", fields={"pair": (1, 2)})
     [i] = items(take_one(box, "a"))
     assert i.fields == {"pair": [1, 2]}
+
+
+# ---- a handle's lines (offer_line, the hot path) --------------------------------------------
+
+
+def handle_worker(job: str = "a") -> WorkerHandle[Any]:
+    """A worker handle whose sink is never called: ``offer_line`` takes only its identity."""
+    return JobHandle(cast(Any, None), job, "Gen", "manager").step("s").worker("w", parent="p")
+
+
+def test_a_handle_line_is_the_entry_offer_makes() -> None:
+    box = outbox()
+    worker = handle_worker()
+    assert box.offer_line(worker, LEVELS["error"], "boom", {"n": [1, 2.5]}) is Offer.QUEUED
+    assert box.offer("a", "boom", level=LEVELS["error"], step="s", worker="w", parent="p",
+                     fields={"n": [1, 2.5]}, job_name="Gen", job_type="manager") is Offer.QUEUED  # fmt: skip
+    line, same = items(take_one(box, "a"))
+    assert (line.seq, line.body[12], same.seq) == (1, 1, 2)
+
+    def but_ts_and_seq(i: Item) -> tuple[Any, ...]:
+        return (
+            i.step,
+            i.worker,
+            i.src,
+            i.kind,
+            i.status,
+            [v for n, v in enumerate(i.body) if n not in (1, 12)],
+        )
+
+    assert but_ts_and_seq(line) == but_ts_and_seq(same)
+    assert but_ts_and_seq(line)[:3] == ("s", "w", SRC)
+
+
+def test_a_handle_line_after_drops_is_renumbered_behind_the_marker() -> None:
+    box = outbox(max_buffer_entries=1, overflow="drop_new")
+    worker = handle_worker("b")
+    box.offer("a", "m1")
+    assert box.offer_line(worker, LEVELS["info"], "lost", None) is Offer.DROPPED
+    drain(box)  # room again, and job b has not written since its drop
+    assert box.offer_line(worker, LEVELS["info"], "b1", None) is Offer.QUEUED
+    delivered = drain(box)
+    assert [(i.seq, i.msg.split(":")[0]) for i in delivered] == [(1, "dropped 1 entries"), (2, "b1")]
+    assert (delivered[1].step, delivered[1].worker, delivered[1].body[7]) == ("s", "w", "p")
+
+
+def test_a_handle_line_is_packed_for_the_outbox_src_even_after_a_fork() -> None:
+    worker = handle_worker()
+    for src in ("parent:1:aa", "child:2:bb", "parent:1:aa"):
+        box = Outbox(PublisherConfig(), src)
+        box.offer_line(worker, LEVELS["info"], "hello", None)
+        [line] = items(take_one(box, "a"))
+        assert (line.src, line.body[11]) == (src, src)
+
+
+@pytest.mark.parametrize(
+    ("msg", "fields", "field"),
+    [(42, None, "msg"), ("m", {"bad": object()}, "fields.bad"), ("m", {"x": "y" * 70_000}, "fields")],
+)
+def test_a_bad_handle_line_is_refused_and_nothing_is_queued(msg: object, fields: Any, field: str) -> None:
+    box = outbox()
+    with pytest.raises(InvalidEntry) as info:
+        box.offer_line(handle_worker(), LEVELS["info"], msg, fields)
+    assert info.value.field == field
+    assert box.report().accepted == 0 and box.take()[0] == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 import redis
@@ -156,6 +157,41 @@ async def test_block_policy_makes_the_caller_wait_and_loses_nothing(
 async def _publish_n(worker: object, n: int) -> None:
     for i in range(n):
         await worker.info(f"m{i}")  # type: ignore[attr-defined]
+
+
+def test_sync_block_policy_makes_the_calling_thread_wait_and_loses_nothing(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    config = PublisherConfig(max_buffer_entries=5, max_batch_entries=2)
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        worker = pub.job("sbp").step("s").worker("w")
+        redis_server.pause()
+        thread = threading.Thread(target=lambda: [worker.info(f"m{i}") for i in range(50)])
+        try:
+            thread.start()
+            thread.join(0.5)
+            assert thread.is_alive(), "publishing 50 into a buffer of 5 with Redis paused must wait"
+            assert pub.health.pending <= 5 + 1
+        finally:
+            redis_server.resume()
+        thread.join(30)
+        report = pub.flush()
+    assert report.ok and report.delivered == 50
+    assert [e["msg"] for e in read_job(redis_client, "sbp")] == [f"m{i}" for i in range(50)]
+
+
+async def test_a_closed_publisher_refuses_handle_lines(redis_server: RedisServer) -> None:
+    sync_pub = SyncPublisher(redis_server.url)
+    sync_worker = sync_pub.job("closed").step("s").worker("w")
+    sync_worker.info("before")
+    assert sync_pub.close().ok
+    async with Publisher(redis_server.url) as pub:
+        worker = pub.job("closed").step("s").worker("w")
+        await worker.info("before")
+    with pytest.raises(PublisherClosed):
+        sync_worker.info("after")
+    with pytest.raises(PublisherClosed):
+        await worker.info("after")
 
 
 def test_flush_timeout_reports_what_was_not_delivered(redis_server_factory: ServerFactory) -> None:
