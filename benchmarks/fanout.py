@@ -60,7 +60,7 @@ from common import (
     split,
     stop_process,
 )
-from sse_wire import STAMP_RE, EventCounter, stream_all
+from sse_wire import ID_STAMP_RE, EventCounter, stream_all
 
 from broker import Publisher, WorkerHandle
 from gateway.redis_server import RedisServer, free_port
@@ -112,13 +112,16 @@ SMOKE = Sizes(8, 2, 2_000, 10_000, 1.0, 2, 50, 2, 8_000, 1.0, 60.0)
 class Tally(EventCounter):
     """One SSE connection's count (``EventCounter``: a byte search per chunk, no SSE parsing).
 
-    ``parse`` connections also time every event: one regex (``STAMP_RE``) over the complete events
-    of each chunk takes their ``t_ns`` field, against the receive time of the chunk (taken once).
+    ``parse`` connections also time every event: one regex (``ID_STAMP_RE``) over the complete events
+    of each chunk takes their ``t_ns`` field, against the receive time of the chunk (taken once),
+    and the millisecond part of their id, which Redis stamped when it stored the entry: the split
+    tells the publisher's share of the latency from the gateway's and the clients'.
     No JSON is decoded; the incomplete last event waits in ``partial`` for the next chunk.
     """
 
     parse: bool = False
     latencies_ms: array[float] = field(default_factory=lambda: array("d"))
+    stored_ms: array[float] = field(default_factory=lambda: array("d"))  # publish -> Redis id
     partial: bytes = b""
 
     def feed(self, chunk: bytes) -> bool:
@@ -135,7 +138,9 @@ class Tally(EventCounter):
             self.partial = buf
             return
         self.partial = buf[cut + 2 :]
-        self.latencies_ms.extend([(now_ns - int(t)) / 1e6 for t in STAMP_RE.findall(buf, 0, cut)])
+        for id_ms, t_ns in ID_STAMP_RE.findall(buf, 0, cut):
+            self.latencies_ms.append((now_ns - int(t_ns)) / 1e6)
+            self.stored_ms.append(int(id_ms) - int(t_ns) / 1e6)
 
 
 @dataclass(frozen=True, slots=True)
@@ -464,6 +469,7 @@ def latency_result(
     entries = int(sizes.rate * sizes.seconds)
     counts = [t.events for t in tallies]
     latencies = sorted(ms for t in tallies for ms in t.latencies_ms)
+    stored = sorted(ms for t in tallies for ms in t.stored_ms)
     timed = [len(t.latencies_ms) for t in tallies if t.parse]
     return {
         "clients": sizes.clients,
@@ -476,6 +482,9 @@ def latency_result(
         "p50_ms": round(percentile(latencies, 50), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
         "max_ms": round(latencies[-1], 2),
+        # publish -> stored in Redis (stream id ms, so +-1 ms): the publisher's share
+        "stored_p50_ms": round(percentile(stored, 50), 2),
+        "stored_p99_ms": round(percentile(stored, 99), 2),
         "last_end_after_publish_s": round(max(t.ended_at or 0.0 for t in tallies) - published, 3),
         "exact": all(c == entries + 1 for c in counts) and all(n == entries for n in timed),
         **cpu.report(reports),

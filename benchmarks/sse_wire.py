@@ -57,6 +57,9 @@ END_ID_MARK = END_MARK + ID_MARK[1:]  # b"\nevent: end\nid: "
 EVENT_LINE = len(END_MARK) - 1  # bytes of "\nevent: end" before the end event's ID_MARK
 TAIL_BYTES = len(END_ID_MARK)  # enough to see either mark across a recv boundary
 STAMP_RE = re.compile(rb'"t_ns":(\d+)')  # entry_json's separators: no space after the colon
+# an event's id (its millisecond part) and its t_ns; greedy to the line's end and back: a lazy
+# [^\n]*? cost 6.4 us per event against 0.7 (and made the parsing clients the bottleneck)
+ID_STAMP_RE = re.compile(rb'id: (\d+)-\d+\ndata: [^\n]*"t_ns":(\d+)')
 MAX_HEAD_BYTES = 65536
 ERROR_BODY_BYTES = 200  # what a non-200 error message shows of the body
 ERROR_BODY_WAIT_S = 1.0  # how long to wait for that much of it
