@@ -21,7 +21,7 @@ from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
 from .delivery import AsyncRedis, async_client, load_script_async, write_async
 from .handles import JobHandle
-from .outbox import DeliveryReport, LineOrigin, Offer
+from .outbox import Backlog, DeliveryReport, LineOrigin, Offer
 
 log = logging.getLogger(__name__)
 _CONNECT_ATTEMPTS = 5
@@ -127,8 +127,7 @@ class Publisher(PublisherCore):
         if offer() is Offer.FULL:
             await self._until_queued(offer)
         wake.set()
-        if self._outbox.should_yield(job):
-            await asyncio.sleep(0)  # let the sender take it instead of growing the buffer
+        await self._make_way(job)
 
     async def log_line(
         self, origin: LineOrigin, level: str | int, msg: object, fields: dict[str, Any] | None
@@ -140,8 +139,20 @@ class Publisher(PublisherCore):
         if self._offer_line(origin, level, msg, fields) is Offer.FULL:
             await self._until_queued(lambda: self._offer_line(origin, level, msg, fields))
         wake.set()
-        if self._outbox.should_yield(origin.job):
+        await self._make_way(origin.job)
+
+    async def _make_way(self, job: str) -> None:
+        """Let the sender run while a full batch waits (``Outbox.backlog``). The timeout only
+        guards against a sender that was cancelled mid-write."""
+        backlog = self._outbox.backlog(job)
+        if backlog is Backlog.UNTAKEN:
             await asyncio.sleep(0)
+        while backlog is Backlog.BEHIND_WRITE and self._sender is not None and not self._sender.done():
+            assert self._progress is not None
+            self._progress.clear()
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._progress.wait(), 1.0)
+            backlog = self._outbox.backlog(job)
 
     async def _until_queued(self, offer: Callable[[], Offer]) -> None:
         """``overflow="block"``: wait for each write to make room, then offer again."""

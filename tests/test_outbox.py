@@ -13,7 +13,7 @@ from broker.config import PublisherConfig
 from broker.constants import KIND_END, KIND_LOG, KIND_STATUS, LEVELS
 from broker.errors import InvalidEntry
 from broker.handles import JobHandle, WorkerHandle
-from broker.outbox import Batch, Offer, Outbox
+from broker.outbox import Backlog, Batch, Offer, Outbox
 from broker.script import WriteResult
 
 SRC = "host-a:4711"
@@ -216,16 +216,22 @@ def test_an_entry_bigger_than_max_batch_bytes_still_goes_alone() -> None:
     assert seqs(take_one(box, "a")) == [2]
 
 
-def test_should_yield_only_every_few_entries_while_a_full_batch_waits() -> None:
-    box = outbox(max_batch_entries=20)
-    assert not box.should_yield("a")
-    yields = []
-    for i in range(1, 50):
-        box.offer("a", str(i))
-        yields.append(box.should_yield("a"))
-    assert [i for i, y in enumerate(yields, 1) if y] == [32, 48], "at multiples of 16 once a batch is full"
-    take_one(box, "a")
-    assert [len(box._queues["a"].items), box.should_yield("a")] == [49, False], "the full batch is in flight"
+def test_backlog_tells_a_producer_when_to_let_the_sender_run() -> None:
+    box = outbox(max_batch_entries=3)
+    assert box.backlog("a") is Backlog.NONE
+    box.offer("a", "1")
+    box.offer("a", "2")
+    assert box.backlog("a") is Backlog.NONE
+    box.offer("a", "3")
+    assert box.backlog("a") is Backlog.UNTAKEN, "a full batch the sender has not taken"
+    first = take_one(box, "a")
+    assert box.backlog("a") is Backlog.NONE
+    for n in range(4, 7):
+        box.offer("a", str(n))
+    assert box.backlog("a") is Backlog.BEHIND_WRITE, "a full batch waits on the write in flight"
+    box.settle(first, stored(first))
+    assert box.backlog("a") is Backlog.UNTAKEN
+    assert box.backlog("other job") is Backlog.NONE
 
 
 # ---- linger ---------------------------------------------------------------------------------

@@ -159,6 +159,22 @@ async def _publish_n(worker: object, n: int) -> None:
         await worker.info(f"m{i}")  # type: ignore[attr-defined]
 
 
+async def test_a_fast_async_producer_waits_for_writes_instead_of_growing_the_buffer(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    config = PublisherConfig(max_batch_entries=50)
+    async with Publisher(redis_server.url, config=config) as pub:
+        worker = pub.job("paced").step("s").worker("w")
+        most = 0
+        for i in range(3000):
+            await worker.info(f"m{i}")
+            most = max(most, pub.health.pending)
+        report = await pub.flush()
+    assert report.ok and report.delivered == 3000
+    assert most <= 2 * 50 + 1, f"one batch in flight and one filling, not {most} entries"
+    assert [e["msg"] for e in read_job(redis_client, "paced")] == [f"m{i}" for i in range(3000)]
+
+
 def test_sync_block_policy_makes_the_calling_thread_wait_and_loses_nothing(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
