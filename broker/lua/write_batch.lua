@@ -100,79 +100,83 @@ local function totals()
   return out
 end
 
-local function xadd(...)
-  return redis.call('XADD', stream, '*', ...)
-end
-
--- field-name prefixes, built once per step/worker/src rather than once per entry
-local prefixes = {}
-local function prefix(tag, a, b)
-  local key = tag .. SEP .. a .. SEP .. (b or '')
-  local p = prefixes[key]
-  if p == nil then
-    p = tag .. SEP .. a .. SEP
-    if b then p = p .. b .. SEP end
-    prefixes[key] = p
+-- Every meta field an entry touches, per (src, step, worker), built once per batch: a batch
+-- has few distinct writers, and building the names per entry (ten string concatenations, each
+-- hashed and interned) was most of the script's cost besides XADD itself.
+local names = {}
+local function names_of(src, step, worker)
+  local by_step = names[src]
+  if by_step == nil then
+    by_step = {}
+    names[src] = by_step
   end
-  return p
+  local by_worker = by_step[step]
+  if by_worker == nil then
+    by_worker = {}
+    by_step[step] = by_worker
+  end
+  local n = by_worker[worker]
+  if n == nil then
+    n = {line = 'jn'}
+    if src ~= '' then
+      local p = 'p' .. SEP .. src .. SEP
+      n.seq, n.src_n = p .. 'seq', p .. 'n'
+    end
+    if step ~= '' then
+      local p = 's' .. SEP .. step .. SEP
+      n.line, n.first, n.last, n.step_status = p .. 'n', p .. 'first', p .. 'last', p .. 'status'
+    end
+    if worker ~= '' then
+      local p = 'w' .. SEP .. step .. SEP .. worker .. SEP
+      n.worker_n, n.worker_status = p .. 'n', p .. 'status'
+    end
+    by_worker[worker] = n
+  end
+  return n
 end
 
 local ids = {}
 local dups = 0
 for _, e in ipairs(batch) do
-  local step, worker, src, seq, kind, status, body = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
-  local sf = nil
-  if src ~= '' then sf = prefix('p', src) end
-  if sf and seq > 0 and seq <= counter(sf .. 'seq') then
+  local seq, kind, status, body = e[4], e[5], e[6], e[7]
+  local n = names_of(e[3], e[1], e[2])
+  if n.seq and seq > 0 and seq <= counter(n.seq) then
     dups = dups + 1
   else
-    local lf = 'jn'
-    local sp = nil
-    if step ~= '' then
-      sp = prefix('s', step)
-      lf = sp .. 'n'
-    end
+    local lf = n.line
+    local line = counter(lf) + 1
     local id
     if kind == 2 then
       -- the end entry's own counts are not part of its totals
       flush()
       local tot = totals()
-      local line = counter(lf) + 1
-      id = xadd('l', line, 'b', body, 't', cmsgpack.pack(tot))
+      id = redis.call('XADD', stream, '*', 'l', line, 'b', body, 't', cmsgpack.pack(tot))
       ended = true
       sets['status'] = status
       sets['ended_ms'] = now
       sets['end_id'] = id
     else
-      local line = counter(lf) + 1
-      id = xadd('l', line, 'b', body)
+      id = redis.call('XADD', stream, '*', 'l', line, 'b', body)
     end
-    add(lf, 1)
+    counters[lf] = line
+    dirty[lf] = true
     add('n', 1)
-    if sf then
-      add(sf .. 'n', 1)
+    if n.seq then
+      add(n.src_n, 1)
       if seq > 0 then
-        counters[sf .. 'seq'] = seq
-        dirty[sf .. 'seq'] = true
+        counters[n.seq] = seq
+        dirty[n.seq] = true
       end
     end
-    local wp = nil
-    if worker ~= '' then
-      wp = prefix('w', step, worker)
-      add(wp .. 'n', 1)
+    if n.worker_n then
+      add(n.worker_n, 1)
     end
     if kind == 1 then
-      if wp then
-        sets[wp .. 'status'] = status
-      elseif sp then
-        sets[sp .. 'status'] = status
-      else
-        sets['status'] = status
-      end
+      sets[n.worker_status or n.step_status or 'status'] = status
     end
-    if sp then
-      if firsts[sp .. 'first'] == nil then firsts[sp .. 'first'] = id end
-      sets[sp .. 'last'] = id
+    if n.first then
+      if firsts[n.first] == nil then firsts[n.first] = id end
+      sets[n.last] = id
     end
     if firsts['first_id'] == nil then firsts['first_id'] = id end
     sets['last_id'] = id
