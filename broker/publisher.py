@@ -127,7 +127,8 @@ class Publisher(PublisherCore):
         if offer() is Offer.FULL:
             await self._until_queued(offer)
         wake.set()
-        await self._make_way(job)
+        if self._outbox.backlog(job) is not Backlog.NONE:
+            await self._make_way(job)
 
     async def log_line(
         self, origin: LineOrigin, level: str | int, msg: object, fields: dict[str, Any] | None
@@ -139,7 +140,8 @@ class Publisher(PublisherCore):
         if self._offer_line(origin, level, msg, fields) is Offer.FULL:
             await self._until_queued(lambda: self._offer_line(origin, level, msg, fields))
         wake.set()
-        await self._make_way(origin.job)
+        if self._outbox.backlog(origin.job) is not Backlog.NONE:  # no coroutine per line
+            await self._make_way(origin.job)
 
     async def _make_way(self, job: str) -> None:
         """Let the sender run while a full batch waits (``Outbox.backlog``). The timeout only
