@@ -98,8 +98,8 @@ class LinePacker:
 
     A worker's lines differ only in time, level, message, seq and fields; step, worker, parent,
     job name/type and src are the same every time. Packing those once per handle, and the rest
-    with two packer calls into the exact bytes ``pack_item`` makes, is most of what lets one
-    process publish 150,000 lines a second (issue 7). Anything unusual (text with lone
+    with two or three packer calls into the exact bytes ``pack_item`` makes, was the larger half
+    of what a line cost a publishing process (issue 7). Anything unusual (text with lone
     surrogates) takes ``pack_item`` itself, so the bytes never differ.
     """
 

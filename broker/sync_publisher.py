@@ -145,8 +145,11 @@ class SyncPublisher(PublisherCore):
             time.sleep(0)  # hands over the GIL
         elif backlog is Backlog.BEHIND_WRITE:
             with self._progress:
-                while self._outbox.backlog(job) is Backlog.BEHIND_WRITE and not self._stopping:
+                while self._outbox.backlog(job) is Backlog.BEHIND_WRITE and self._sending():
                     self._progress.wait(0.05)
+
+    def _sending(self) -> bool:
+        return not self._stopping and self._thread is not None and self._thread.is_alive()
 
     def _until_queued(self, offer: Callable[[], Offer]) -> None:
         """``overflow="block"``: the calling thread waits for each write to make room, then offers again."""
