@@ -40,11 +40,11 @@ import time
 import urllib.error
 import urllib.request
 from array import array
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from common import (
@@ -365,6 +365,13 @@ def new_job(label: str) -> str:
     return f"fanout-{label}-{secrets.token_hex(3)}"
 
 
+class HasCpu(Protocol):
+    """A client process's report (``ProcReport`` here, ``latency_c.CReport`` for the C clients)."""
+
+    @property
+    def cpu_s(self) -> float: ...
+
+
 @dataclass(frozen=True, slots=True)
 class CpuUse:
     """CPU seconds of everyone sharing the two cores: who a missed goal should be blamed on."""
@@ -384,7 +391,7 @@ class CpuUse:
             now.gateway_s - self.gateway_s, now.redis_s - self.redis_s, now.publisher_s - self.publisher_s
         )
 
-    def report(self, reports: list[ProcReport]) -> dict[str, float]:
+    def report(self, reports: Sequence[HasCpu]) -> dict[str, float]:
         """The JSON keys, with the client processes' own CPU time added."""
         return {
             "gateway_cpu_s": round(self.gateway_s, 2),

@@ -77,6 +77,34 @@ def test_reference_is_null_only_without_redis_benchmark(result: dict[str, object
         assert isinstance(ratio, float) and ratio > 0, key
 
 
+LATENCY_C_SCRIPT = ROOT / "benchmarks" / "latency_c.py"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(
+    shutil.which("gcc") is None and shutil.which("cc") is None, reason="no C compiler on PATH"
+)
+def test_latency_c_smoke_run_is_exact_and_splits_the_latency() -> None:
+    """fanout.py part 2 with the C clients: every connection counted every event once, and every
+    timed connection timed every entry, publish -> stored never after publish -> received."""
+    proc = subprocess.run(
+        [sys.executable, str(LATENCY_C_SCRIPT), "--smoke"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert result["exact"] is True and result["goals"]["of"] == 1
+    [run] = result["runs"]
+    assert run["measured_events"] == run["entries"] * run["timed_clients"] > 0
+    assert -1 <= run["stored_p50_ms"] <= run["p50_ms"] + 1 and run["stored_p99_ms"] <= run["p99_ms"] + 1
+    assert run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
+    assert run["clients_cpu_s"] > 0 and run["gateway_cpu_s"] > 0
+
+
 FANOUT_SCRIPT = ROOT / "benchmarks" / "fanout.py"
 FANOUT_KEYS = ("date", "machine", "settings", "throughput", "latency", "slow_clients", "goals", "exact")
 FANOUT_GOALS = ("deliveries_per_s>=1000000", "p99_ms<=50", "kib_per_slow_client<=64")
@@ -101,7 +129,7 @@ def test_fanout_smoke_run_has_the_documented_shape(fanout_result: dict[str, Any]
     assert {"nproc", "cpu_model", "python", "redis_version"} <= fanout_result["machine"].keys()
     assert set(FANOUT_GOALS) <= fanout_result["goals"].keys()
     assert all(isinstance(v, bool) for v in fanout_result["goals"].values())
-    assert {"p50_ms", "p99_ms", "max_ms"} <= fanout_result["latency"].keys()
+    assert {"p50_ms", "p99_ms", "max_ms", "stored_p50_ms", "stored_p99_ms"} <= fanout_result["latency"].keys()
     slow = fanout_result["slow_clients"]
     rss = ("before_clients", "with_idle_clients", "with_stalled_clients")
     assert {f"rss_{name}_kib" for name in rss} <= slow.keys()
