@@ -175,6 +175,54 @@ async def test_a_fast_async_producer_waits_for_writes_instead_of_growing_the_buf
     assert [e["msg"] for e in read_job(redis_client, "paced")] == [f"m{i}" for i in range(3000)]
 
 
+async def test_a_producer_waiting_behind_a_write_is_released_when_the_publisher_closes(
+    redis_server: RedisServer,
+) -> None:
+    config = PublisherConfig(max_batch_entries=5, socket_timeout_s=30.0)
+    pub = Publisher(redis_server.url, config=config)
+    await pub.start()
+    worker = pub.job("stuck").step("s").worker("w")
+    redis_server.pause()
+    try:
+        task = asyncio.create_task(_publish_n(worker, 20))
+        await asyncio.sleep(0.3)
+        assert not task.done(), "5 entries in flight to a paused Redis, 5 more waiting behind them"
+        report = await pub.aclose(timeout=0.2)
+        assert report.pending == 10
+        with pytest.raises(PublisherClosed):
+            await asyncio.wait_for(task, 5)  # released by the cancelled sender, then refused
+    finally:
+        redis_server.resume()
+
+
+def test_a_thread_waiting_behind_a_write_is_released_when_the_publisher_closes(
+    redis_server: RedisServer,
+) -> None:
+    pub = SyncPublisher(redis_server.url, config=PublisherConfig(max_batch_entries=5, socket_timeout_s=2.0))
+    pub.start()
+    worker = pub.job("stuck-sync").step("s").worker("w")
+    outcome: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            for i in range(20):
+                worker.info(f"m{i}")
+        except PublisherClosed as e:
+            outcome.append(e)
+
+    redis_server.pause()
+    try:
+        thread = threading.Thread(target=publish)
+        thread.start()
+        thread.join(0.3)
+        assert thread.is_alive(), "5 entries in flight to a paused Redis, 5 more waiting behind them"
+        assert pub.close(timeout=0.2).pending == 10
+        thread.join(5)
+        assert not thread.is_alive() and len(outcome) == 1, "released, then refused"
+    finally:
+        redis_server.resume()
+
+
 def test_sync_block_policy_makes_the_calling_thread_wait_and_loses_nothing(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
