@@ -40,7 +40,7 @@ import time
 import urllib.error
 import urllib.request
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -475,16 +475,34 @@ def latency_result(
     tallies = tallies_of(reports)
     entries = int(sizes.rate * sizes.seconds)
     counts = [t.events for t in tallies]
-    latencies = sorted(ms for t in tallies for ms in t.latencies_ms)
-    stored = sorted(ms for t in tallies for ms in t.stored_ms)
     timed = [len(t.latencies_ms) for t in tallies if t.parse]
     return {
         "clients": sizes.clients,
         "parsing_clients": sizes.parsing_clients,
+        **latency_percentiles(
+            sizes, achieved, [t.latencies_ms for t in tallies], [t.stored_ms for t in tallies]
+        ),
+        "last_end_after_publish_s": round(max(t.ended_at or 0.0 for t in tallies) - published, 3),
+        "exact": all(c == entries + 1 for c in counts) and all(n == entries for n in timed),
+        **cpu.report(reports),
+    }
+
+
+def latency_percentiles(
+    sizes: Sizes,
+    achieved: float,
+    latencies_ms: Iterable[Iterable[float]],
+    stored_ms: Iterable[Iterable[float]],
+) -> dict[str, Any]:
+    """Part 2's rate and percentiles over every timed event of every client (nearest rank); shared
+    with ``latency_c.py`` so the two results have the same keys and the same arithmetic."""
+    latencies = sorted(ms for each in latencies_ms for ms in each)
+    stored = sorted(ms for each in stored_ms for ms in each)
+    return {
         "rate_eps": sizes.rate,
         "achieved_rate_eps": round(achieved),
         "seconds": sizes.seconds,
-        "entries": entries,
+        "entries": int(sizes.rate * sizes.seconds),
         "measured_events": len(latencies),
         "p50_ms": round(percentile(latencies, 50), 2),
         "p99_ms": round(percentile(latencies, 99), 2),
@@ -492,9 +510,6 @@ def latency_result(
         # publish -> stored in Redis (stream id ms, so +-1 ms): the publisher's share
         "stored_p50_ms": round(percentile(stored, 50), 2),
         "stored_p99_ms": round(percentile(stored, 99), 2),
-        "last_end_after_publish_s": round(max(t.ended_at or 0.0 for t in tallies) - published, 3),
-        "exact": all(c == entries + 1 for c in counts) and all(n == entries for n in timed),
-        **cpu.report(reports),
     }
 
 

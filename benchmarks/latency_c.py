@@ -35,8 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from common import log, percentile, split
-from fanout import SMOKE, CpuUse, GatewayProc, Sizes, machine, new_job, publish_paced, running_gateway
+from common import log, split
+from fanout import (
+    SMOKE,
+    CpuUse,
+    GatewayProc,
+    Sizes,
+    latency_percentiles,
+    machine,
+    new_job,
+    publish_paced,
+    running_gateway,
+)
 
 from gateway.redis_server import RedisServer
 
@@ -81,6 +91,7 @@ class CClients:
         for proc, _ in self.procs:
             assert proc.stdout is not None
             if "connected" not in json.loads(proc.stdout.readline() or "{}"):
+                self.stop()  # the others too: nothing is left running on the way out
                 raise RuntimeError("a C client process could not connect")
 
     def collect(self, timeout_s: float) -> list[CReport]:
@@ -119,25 +130,17 @@ def measure(
     finally:
         clients.stop()
     entries = int(sizes.rate * sizes.seconds)
-    latencies = sorted(ms for r in reports for ms in r.latencies_ms)
-    stored = sorted(ms for r in reports for ms in r.stored_ms)
     counts = [n for r in reports for n in r.events]
+    timed = sum(len(r.latencies_ms) for r in reports)
     result = {
         "clients": sizes.clients,
         "timed_clients": sizes.parsing_clients,
         "client_processes": PROCESSES,
-        "rate_eps": sizes.rate,
-        "achieved_rate_eps": round(achieved),
-        "seconds": sizes.seconds,
-        "entries": entries,
-        "measured_events": len(latencies),
-        "p50_ms": round(percentile(latencies, 50), 2),
-        "p99_ms": round(percentile(latencies, 99), 2),
-        "max_ms": round(latencies[-1], 2),
-        "stored_p50_ms": round(percentile(stored, 50), 2),
-        "stored_p99_ms": round(percentile(stored, 99), 2),
+        **latency_percentiles(
+            sizes, achieved, [r.latencies_ms for r in reports], [r.stored_ms for r in reports]
+        ),
         "all_ended_after_publish_s": round(drained_s, 3),
-        "exact": all(c == entries + 1 for c in counts) and len(latencies) == entries * sizes.parsing_clients,
+        "exact": all(c == entries + 1 for c in counts) and timed == entries * sizes.parsing_clients,
         **cpu.report(reports),
     }
     log(f"   C clients: p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, exact {result['exact']}")

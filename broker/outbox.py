@@ -140,11 +140,7 @@ class Outbox:
             max_message_bytes=self.config.max_message_bytes,
         )  # fmt: skip
         with self.lock:
-            q = self._queues.get(job) or self._new_queue(job)
-            if d.job_name:
-                q.job_name = d.job_name
-            if d.job_type:
-                q.job_type = d.job_type
+            q = self._queue_of(job, d.job_name, d.job_type)
             return self._enqueue(
                 q, pack_item(d, self.src, q.next_seq), lambda seq: pack_item(d, self.src, seq)
             )
@@ -157,13 +153,18 @@ class Outbox:
         ts_ms = time.time_ns() // 1_000_000
         pack = origin.packer(self.src).pack
         with self.lock:
-            q = self._queues.get(origin.job) or self._new_queue(origin.job)
-            if origin.job_name:
-                q.job_name = origin.job_name
-            if origin.job_type:
-                q.job_type = origin.job_type
+            q = self._queue_of(origin.job, origin.job_name, origin.job_type)
             item = pack(ts_ms, level, text, q.next_seq, clean)
             return self._enqueue(q, item, lambda seq: pack(ts_ms, level, text, seq, clean))
+
+    def _queue_of(self, job: str, job_name: str | None, job_type: str | None) -> _JobQueue:
+        """The job's queue, named as its newest entry names the job. Called under the lock."""
+        q = self._queues.get(job) or self._new_queue(job)
+        if job_name:
+            q.job_name = job_name
+        if job_type:
+            q.job_type = job_type
+        return q
 
     def _enqueue(self, q: _JobQueue, item: bytes, repack: Callable[[int], bytes]) -> Offer:
         """Apply the overflow policy to one packed entry; ``repack`` numbers it anew when a drop
