@@ -18,7 +18,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Final, NamedTuple, Protocol
 
 from broker.codec import decode_entry, entry_json_bytes
 from broker.constants import KIND_END, KINDS, LEVELS
@@ -32,13 +32,17 @@ log = logging.getLogger(__name__)
 KIND_CORRUPT = -1
 
 
-class Item(NamedTuple):
-    sid: StreamId
-    frame: bytes
-    step: str | None
-    worker: str | None
-    level: int
-    kind: int
+# An item is a plain tuple, read by these indexes, not a NamedTuple: the collector stops tracking
+# a plain tuple of strings, bytes and numbers at the first collection it survives, but never an
+# instance of a tuple subclass. Rings and pages hold tens of thousands of items, and every full
+# collection walked all of them, a pause of every stream of the gateway at once.
+Item = tuple[StreamId, bytes, str | None, str | None, int, int]  # sid, frame, step, worker, level, kind
+SID: Final = 0
+FRAME: Final = 1
+STEP: Final = 2
+WORKER: Final = 3
+LEVEL: Final = 4
+KIND: Final = 5
 
 
 def make_item(job: str, raw_id: bytes | str, fields: Mapping[bytes, bytes]) -> Item:
@@ -49,14 +53,14 @@ def make_item(job: str, raw_id: bytes | str, fields: Mapping[bytes, bytes]) -> I
         entry = decode_entry(job, entry_id, fields)
     except CodecError as e:
         log.error("job %s entry %s cannot be decoded, skipped with its id: %s", job, entry_id, e)
-        return Item(sid, sse.id_only(entry_id), None, None, 0, KIND_CORRUPT)
+        return (sid, sse.id_only(entry_id), None, None, 0, KIND_CORRUPT)
     return item_of(entry, sid)
 
 
 def item_of(entry: Entry, sid: StreamId) -> Item:
     kind = KINDS[entry["kind"]]
     frame = sse.event_bytes(entry["id"], entry_json_bytes(entry), "end" if kind == KIND_END else None)
-    return Item(sid, frame, entry["step"], entry["worker"], LEVELS[entry["level"]], kind)
+    return (sid, frame, entry["step"], entry["worker"], LEVELS[entry["level"]], kind)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,15 +77,15 @@ class Filter:
         return self != _NO_FILTER
 
     def passes(self, item: Item) -> bool:
-        if item.kind == KIND_END:
+        if item[KIND] == KIND_END:
             return True
-        if item.kind == KIND_CORRUPT:
+        if item[KIND] == KIND_CORRUPT:
             return False
         return (
-            (self.step is None or item.step == self.step)
-            and (self.worker is None or item.worker == self.worker)
-            and item.level >= self.min_level
-            and (self.kinds is None or item.kind in self.kinds)
+            (self.step is None or item[STEP] == self.step)
+            and (self.worker is None or item[WORKER] == self.worker)
+            and item[LEVEL] >= self.min_level
+            and (self.kinds is None or item[KIND] in self.kinds)
         )
 
 
@@ -112,12 +116,12 @@ def frames(items: Sequence[Item], flt: Filter, max_bytes: int = 1 << 62) -> Fram
     for item in items:
         if size >= max_bytes:
             break
-        cursor = item.sid
+        cursor = item[SID]
         if flt.passes(item):
-            parts.append(item.frame)
-            size += len(item.frame)
+            parts.append(item[FRAME])
+            size += len(item[FRAME])
             skipped = False
-            if item.kind == KIND_END:
+            if item[KIND] == KIND_END:
                 return Frames(b"".join(parts), cursor, True, len(parts))
         else:
             skipped = True
@@ -132,15 +136,17 @@ def _unfiltered(items: Sequence[Item], max_bytes: int) -> Frames:
     n = size = corrupt = 0
     for item in items:
         n += 1
-        size += len(item.frame)
-        if item.kind < 0:
+        size += len(item[FRAME])
+        if item[KIND] < 0:
             corrupt += 1  # its frame is id-only: it moves the cursor, it is not an event
-        elif item.kind == KIND_END or size >= max_bytes:
+        elif item[KIND] == KIND_END or size >= max_bytes:
             break
     chunk = items[:n]
     if not chunk:
         return Frames(b"", None, False, 0)
-    return Frames(b"".join([i.frame for i in chunk]), chunk[-1].sid, chunk[-1].kind == KIND_END, n - corrupt)
+    return Frames(
+        b"".join([i[FRAME] for i in chunk]), chunk[-1][SID], chunk[-1][KIND] == KIND_END, n - corrupt
+    )
 
 
 class Shared:
@@ -170,9 +176,9 @@ class Batch(Shared):
     __slots__ = ("after",)
 
     def __init__(self, after: StreamId, items: Sequence[Item]) -> None:
-        blob = b"".join([i.frame for i in items])
+        blob = b"".join([i[FRAME] for i in items])
         super().__init__(
-            blob, items[-1].sid, items[-1].kind == KIND_END, sum(1 for i in items if i.kind >= 0)
+            blob, items[-1][SID], items[-1][KIND] == KIND_END, sum(1 for i in items if i[KIND] >= 0)
         )
         self.after = after  # the cursor a client must be at for this batch to follow on
 
@@ -222,7 +228,7 @@ class Pages:
     def after(self, cursor: StreamId) -> list[Item] | None:
         """The rest of a kept page after ``cursor``, or ``None`` when no page covers it."""
         for after, items, _ in self._pages:
-            if after <= cursor < items[-1].sid:
+            if after <= cursor < items[-1][SID]:
                 self.hits += 1
                 return items[bisect_right(items, cursor, key=_sid) :]
         return None
@@ -230,7 +236,7 @@ class Pages:
     def keep(self, after: StreamId, items: list[Item]) -> None:
         if not items:
             return
-        size = sum(len(i.frame) for i in items)
+        size = sum(len(i[FRAME]) for i in items)
         self._pages.append((after, items, size))
         self._bytes += size
         while self._bytes > self.max_bytes and len(self._pages) > 1:
@@ -238,7 +244,7 @@ class Pages:
 
 
 def _sid(item: Item) -> StreamId:
-    return item.sid
+    return item[SID]
 
 
 class JobFeed:
@@ -289,12 +295,12 @@ class JobFeed:
         size = 0
         for raw_id, fields in raw:
             item = make_item(self.job, raw_id, fields)
-            if item.sid <= self.last:
+            if item[SID] <= self.last:
                 continue
             self._items.append(item)
-            self._sids.append(item.sid)
-            size += len(item.frame)
-            self.last = item.sid
+            self._sids.append(item[SID])
+            size += len(item[FRAME])
+            self.last = item[SID]
         added = len(self._items) - start
         if added:
             self._shared.clear()
@@ -315,14 +321,14 @@ class JobFeed:
         event are never sent)."""
         if size > self.push_max_bytes:
             return False
-        return all(self._items[k].kind != KIND_END for k in range(start, len(self._items) - 1))
+        return all(self._items[k][KIND] != KIND_END for k in range(start, len(self._items) - 1))
 
     def _trim(self) -> None:
         while len(self) > self.max_entries or (self._bytes > self.max_bytes and len(self) > 1):
             item = self._items[self._head]
             self._head += 1
-            self._bytes -= len(item.frame)
-            self.base = item.sid
+            self._bytes -= len(item[FRAME])
+            self.base = item[SID]
         if self._head > 1024 and self._head * 2 > len(self._items):
             del self._items[: self._head]
             del self._sids[: self._head]

@@ -135,7 +135,7 @@ def _decode(job: str, raw_id: bytes, fields: dict[bytes, bytes]) -> tuple[str, E
 def _passes(entry: Entry | None, flt: Filter) -> TypeGuard[Entry]:
     if entry is None:
         return False
-    item = Item(ZERO, b"", entry["step"], entry["worker"], LEVELS[entry["level"]], KINDS[entry["kind"]])
+    item: Item = (ZERO, b"", entry["step"], entry["worker"], LEVELS[entry["level"]], KINDS[entry["kind"]])
     return flt.passes(item)
 
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from . import sse
 from .context import GATEWAY, Gateway
 from .errors import ApiError
-from .feed import Filter, Item, frames, gap_frame, make_item
+from .feed import SID, Filter, Item, frames, gap_frame, make_item
 from .ids import ZERO, StreamId, format_id, from_redis, parse_id
 from .params import filter_of, int_param, job_of
 from .streams import xrevrange
@@ -100,7 +100,7 @@ async def _tail(gw: Gateway, job: str, key: str, flt: Filter, n: int) -> tuple[S
             break
         for raw_id, fields in page:
             item = make_item(job, raw_id, fields)
-            newest = newest or item.sid
+            newest = newest or item[SID]
             if flt.passes(item):
                 found.append(item)
                 if len(found) == n:
@@ -111,6 +111,6 @@ async def _tail(gw: Gateway, job: str, key: str, flt: Filter, n: int) -> tuple[S
     found.reverse()
     if newest == ZERO:
         return ZERO, found
-    if not found or found[-1].sid != newest:  # move the cursor past what was scanned
-        found.append(Item(newest, sse.id_only(format_id(newest)), None, None, -1, -1))
+    if not found or found[-1][SID] != newest:  # move the cursor past what was scanned
+        found.append((newest, sse.id_only(format_id(newest)), None, None, -1, -1))
     return newest, found

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from . import sse
 from .context import Gateway
-from .feed import Batch, Filter, Frames, Item, JobFeed, Shared, frames, gap_frame, make_item, predecessor
+from .feed import SID, Batch, Filter, Frames, Item, JobFeed, Shared, frames, gap_frame, make_item, predecessor
 from .ids import StreamId, format_id, from_redis
 from .streams import xrange
 
@@ -360,7 +360,7 @@ _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 
 def _after(items: list[Item], cursor: StreamId) -> list[Item]:
     k = 0
-    while k < len(items) and items[k].sid <= cursor:
+    while k < len(items) and items[k][SID] <= cursor:
         k += 1
     return items[k:]
 

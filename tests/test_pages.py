@@ -10,7 +10,7 @@ import redis
 
 from broker.keys import Keyspace
 from gateway.context import GATEWAY
-from gateway.feed import Pages, make_item
+from gateway.feed import FRAME, SID, Pages, make_item
 from gateway.ids import from_redis
 from gateway.redis_server import RedisServer
 from tests.conftest import MakeGateway
@@ -27,27 +27,27 @@ def test_a_kept_page_serves_every_cursor_it_covers(redis_server: RedisServer) ->
     publish(redis_server.url, "p", 30, end=False)
     items = items_of(redis_server.url, "p")
     pages = Pages(max_bytes=1 << 20)
-    pages.keep(items[4].sid, items[5:20])  # read after entry 4: covers cursors 4..18
-    assert pages.after(items[3].sid) is None, "before the page: entry 4 is not in it"
-    assert pages.after(items[4].sid) == items[5:20]
-    assert pages.after(items[11].sid) == items[12:20]
-    assert pages.after(items[19].sid) is None, "at its last entry: nothing left to serve"
-    assert pages.after(items[25].sid) is None
+    pages.keep(items[4][SID], items[5:20])  # read after entry 4: covers cursors 4..18
+    assert pages.after(items[3][SID]) is None, "before the page: entry 4 is not in it"
+    assert pages.after(items[4][SID]) == items[5:20]
+    assert pages.after(items[11][SID]) == items[12:20]
+    assert pages.after(items[19][SID]) is None, "at its last entry: nothing left to serve"
+    assert pages.after(items[25][SID]) is None
     assert pages.hits == 2
 
 
 def test_pages_are_bounded_oldest_first(redis_server: RedisServer) -> None:
     publish(redis_server.url, "b", 40, end=False)
     items = items_of(redis_server.url, "b")
-    pages = Pages(max_bytes=sum(len(i.frame) for i in items[11:31]))  # room for two of the pages
-    pages.keep(items[0].sid, items[1:11])
-    pages.keep(items[10].sid, items[11:21])
-    pages.keep(items[20].sid, items[21:31])
-    assert pages.after(items[1].sid) is None, "the oldest page went"
-    assert pages.after(items[15].sid) == items[16:21]
-    assert pages.after(items[25].sid) == items[26:31]
-    pages.keep(items[0].sid, [])  # an empty read keeps nothing
-    assert pages.after(items[0].sid) is None
+    pages = Pages(max_bytes=sum(len(i[FRAME]) for i in items[11:31]))  # room for two of the pages
+    pages.keep(items[0][SID], items[1:11])
+    pages.keep(items[10][SID], items[11:21])
+    pages.keep(items[20][SID], items[21:31])
+    assert pages.after(items[1][SID]) is None, "the oldest page went"
+    assert pages.after(items[15][SID]) == items[16:21]
+    assert pages.after(items[25][SID]) == items[26:31]
+    pages.keep(items[0][SID], [])  # an empty read keeps nothing
+    assert pages.after(items[0][SID]) is None
 
 
 async def test_lagging_clients_share_pages_and_each_gets_everything(

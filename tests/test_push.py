@@ -19,7 +19,7 @@ import redis
 from broker import Publisher, SyncPublisher
 from broker.keys import Keyspace
 from gateway.context import GATEWAY
-from gateway.feed import Batch, JobFeed, make_item
+from gateway.feed import FRAME, SID, Batch, JobFeed, make_item
 from gateway.ids import ZERO, from_redis
 from gateway.redis_server import RedisServer
 from gateway.subscriber import kernel_queued
@@ -67,16 +67,16 @@ def test_parked_listeners_get_one_shared_batch_others_are_woken(redis_server: Re
     assert parked.pushed[0] is parked2.pushed[0], "built once, shared by every parked client"
     first, second = parked.pushed
     items = [make_item("j", i, f) for i, f in raw]
-    assert (first.after, first.cursor) == (ZERO, items[1].sid)
-    assert (second.after, second.cursor) == (items[1].sid, items[4].sid)
-    assert second.blob == b"".join(i.frame for i in items[2:])
+    assert (first.after, first.cursor) == (ZERO, items[1][SID])
+    assert (second.after, second.cursor) == (items[1][SID], items[4][SID])
+    assert second.blob == b"".join(i[FRAME] for i in items[2:])
     assert second.chunked == b"%x\r\n" % len(second.blob) + second.blob + b"\r\n"
     assert (second.events, second.ended) == (3, False)
 
 
 def test_large_appends_and_an_end_inside_a_batch_are_not_pushed(redis_server: RedisServer) -> None:
     raw = raw_entries(redis_server.url, "j", ["x" * 300] * 4, end=True)
-    size = sum(len(make_item("j", i, f).frame) for i, f in raw[:4])
+    size = sum(len(make_item("j", i, f)[FRAME]) for i, f in raw[:4])
     listener = FakeListener(True)
     small = new_feed(push_max_bytes=size - 1)
     small.listen(listener)
@@ -256,7 +256,7 @@ async def test_a_client_that_stops_reading_leaves_one_small_write_unsent(
         [stalled] = list(gw.subscribers)
         assert stalled.writing_since is not None, "it waits in a write for the client"
         feed = gw.fanout.feeds["stall"]
-        frame = max(len(i.frame) for i in feed.after(feed.base) or [])
+        frame = max(len(i[FRAME]) for i in feed.after(feed.base) or [])
         # a write stops after the frame that reaches the limit: at most one frame over it, plus framing
         assert 0 < stalled.unsent() <= 4096 + frame + 16, "one small write waits, not a chunk"
 
@@ -268,15 +268,15 @@ def test_clients_at_one_cursor_share_one_write_until_the_next_append(redis_serve
     first = feed.frames_after(ZERO, 1 << 20)
     assert first is not None and feed.frames_after(ZERO, 1 << 20) is first, "built once, reused"
     items = [make_item("j", i, f) for i, f in raw]
-    assert first.blob == b"".join(i.frame for i in items[:4]) and first.events == 4
+    assert first.blob == b"".join(i[FRAME] for i in items[:4]) and first.events == 4
     assert first.chunked == b"%x\r\n" % len(first.blob) + first.blob + b"\r\n"
-    small = feed.frames_after(ZERO, len(items[0].frame))
-    assert small is not None and small.cursor == items[0].sid, "another size is another write"
+    small = feed.frames_after(ZERO, len(items[0][FRAME]))
+    assert small is not None and small.cursor == items[0][SID], "another size is another write"
     feed.append(raw[4:])
     after = feed.frames_after(ZERO, 1 << 20)
     assert after is not first and after is not None and after.events == 6, "an append makes it stale"
-    assert feed.frames_after(items[5].sid, 1 << 20) is not None
-    assert feed.frames_after(items[5].sid, 1 << 20).blob == b""  # type: ignore[union-attr]
+    assert feed.frames_after(items[5][SID], 1 << 20) is not None
+    assert feed.frames_after(items[5][SID], 1 << 20).blob == b""  # type: ignore[union-attr]
 
 
 async def test_a_reader_lingers_after_a_caught_up_read(

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from broker.constants import KIND_END, KINDS, LEVELS
 from broker.entry import Entry
 from gateway import sse
-from gateway.feed import Filter, Item, frames, gap_frame, item_of
+from gateway.feed import FRAME, SID, Filter, Item, frames, gap_frame, item_of
 from gateway.ids import StreamId, format_id
 from gateway.sse_reader import SSEParser
 from tests.sse_client import parse
@@ -133,7 +133,7 @@ def assert_parses_to(blob: bytes, points: list[int], expected: list[Event], last
 @PROPERTY
 @given(entry=entries(), points=st.lists(st.integers(0, 4096), max_size=6))
 def test_one_entry_is_exactly_one_event_carrying_the_entry(entry: Entry, points: list[int]) -> None:
-    frame = item_of(entry, (0, 0)).frame  # the frame is built from the entry; the sid is for cursors
+    frame = item_of(entry, (0, 0))[FRAME]  # the frame is built from the entry; the sid is for cursors
     ended = entry["kind"] == "end"
     assert b"\r" not in frame and frame.count(b"\n") == (4 if ended else 3) and frame.endswith(b"\n\n")
     expected = Event("end" if ended else "message", entry["id"], entry)
@@ -148,7 +148,7 @@ def runs(draw: st.DrawFn) -> tuple[bytes, list[Event], str]:
         part = draw(st.sampled_from(["entry", "entry", "id_only", "heartbeat", "comment", "retry", "gap"]))
         if part == "entry":
             entry = draw(entries())
-            blob += item_of(entry, (0, 0)).frame
+            blob += item_of(entry, (0, 0))[FRAME]
             expected.append(Event("end" if entry["kind"] == "end" else "message", entry["id"], entry))
             last_id = entry["id"]
         elif part == "id_only":
@@ -225,7 +225,7 @@ def test_filtered_writes_carry_exactly_the_wanted_events_and_move_the_cursor_pas
         written = frames(items[position:], flt, max_bytes)
         assert written.cursor is not None and written.events == len(parse(written.blob).events)
         blob, cursor = blob + written.blob, written.cursor
-        position = [item.sid for item in items].index(cursor) + 1
+        position = [item[SID] for item in items].index(cursor) + 1
         if written.ended:
             break
     expected = [Event("end" if e["kind"] == "end" else "message", e["id"], e) for e in wanted(run, flt)]

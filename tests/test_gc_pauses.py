@@ -1,0 +1,49 @@
+"""A full collection pauses every stream of a gateway process at once; these keep it short.
+
+Measured with ``benchmarks/latency_c.py``: without them each full collection took 40-75 ms under
+load (about one per 5 s run) and set part 2's p99; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+
+import redis
+from aiohttp import web
+
+from broker import SyncPublisher
+from broker.keys import Keyspace
+from gateway.cli import freeze_startup_heap, serving_app
+from gateway.feed import JobFeed
+from gateway.ids import ZERO
+from gateway.redis_server import RedisServer
+from gateway.settings import GatewaySettings
+
+
+def test_ring_items_leave_the_collector_after_one_collection(redis_server: RedisServer) -> None:
+    """A NamedTuple item would stay tracked for good: the ring would be walked by every
+    full collection (this fails with ``class Item(NamedTuple)``)."""
+    with SyncPublisher(redis_server.url) as pub:
+        step = pub.job("gc").step("s")
+        for i in range(200):
+            step.worker(f"w{i % 3}").info(f"line {i}", i=i)
+        pub.job("gc").end("completed")
+    raw = redis.Redis.from_url(redis_server.url).xrange(Keyspace().stream("gc"))
+    feed = JobFeed("gc", Keyspace().stream("gc"), ZERO, 10_000, 1 << 20)
+    assert feed.append(raw) == 201
+    items = feed.after(ZERO)
+    assert items is not None and len(items) == 201
+    gc.collect()
+    assert [item for item in items if gc.is_tracked(item)] == []
+
+
+def test_serve_freezes_the_heap_it_started_with() -> None:
+    app = serving_app(GatewaySettings(redis_url="redis://127.0.0.1:1/0"), None)
+    assert freeze_startup_heap in app.on_startup
+    before = gc.get_freeze_count()
+    try:
+        asyncio.run(freeze_startup_heap(web.Application()))
+        assert gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
