@@ -133,13 +133,14 @@ def measure(
     counts = [n for r in reports for n in r.events]
     timed = sum(len(r.latencies_ms) for r in reports)
     result = {
+        "client_kind": "c",
         "clients": sizes.clients,
-        "timed_clients": sizes.parsing_clients,
+        "parsing_clients": sizes.parsing_clients,
         "client_processes": PROCESSES,
         **latency_percentiles(
             sizes, achieved, [r.latencies_ms for r in reports], [r.stored_ms for r in reports]
         ),
-        "all_ended_after_publish_s": round(drained_s, 3),
+        "last_end_after_publish_s": round(drained_s, 3),
         "exact": all(c == entries + 1 for c in counts) and timed == entries * sizes.parsing_clients,
         **cpu.report(reports),
     }

@@ -99,7 +99,8 @@ def test_latency_c_smoke_run_is_exact_and_splits_the_latency() -> None:
     result = json.loads(proc.stdout)
     assert result["exact"] is True and result["goals"]["of"] == 1
     [run] = result["runs"]
-    assert run["measured_events"] == run["entries"] * run["timed_clients"] > 0
+    assert run["client_kind"] == "c"
+    assert run["measured_events"] == run["entries"] * run["parsing_clients"] > 0
     assert -1 <= run["stored_p50_ms"] <= run["p50_ms"] + 1 and run["stored_p99_ms"] <= run["p99_ms"] + 1
     assert run["p50_ms"] <= run["p99_ms"] <= run["max_ms"]
     assert run["clients_cpu_s"] > 0 and run["gateway_cpu_s"] > 0
@@ -114,7 +115,11 @@ FANOUT_GOALS = ("deliveries_per_s>=1000000", "p99_ms<=50", "kib_per_slow_client<
 def fanout_result() -> dict[str, Any]:
     """One ``--smoke`` run of the fan-out benchmark (its own redis-server and gateway processes)."""
     proc = subprocess.run(
-        [sys.executable, str(FANOUT_SCRIPT), "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=180
+        [sys.executable, str(FANOUT_SCRIPT), "--smoke", "--latency-clients", "python"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     parsed: dict[str, Any] = json.loads(proc.stdout)
@@ -145,11 +150,23 @@ def test_fanout_smoke_run_was_exact_and_measured_something(fanout_result: dict[s
     assert rate["exact"] is True and latency["exact"] is True and slow["exact"] is True
     assert rate["min_events"] == rate["max_events"] == rate["events_per_client"]
     assert rate["deliveries_per_s"] > 0 and rate["gateway_cpu_s"] >= 0
-    assert latency["achieved_rate_eps"] > 0
+    assert latency["achieved_rate_eps"] > 0 and latency["client_kind"] == "python"
     assert latency["measured_events"] == latency["parsing_clients"] * latency["entries"]
     assert 0 <= latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
     assert slow["slow_clients_stalled"] is True, "slow clients must still be connected when memory is read"
     assert slow["rss_with_stalled_clients_kib"] > 0
+
+
+def test_fanout_refuses_an_unknown_client_kind() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(FANOUT_SCRIPT), "--latency-clients", "java"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2 and "--latency-clients: invalid choice: 'java'" in proc.stderr
+    assert proc.stdout == ""
 
 
 CLUSTER_SCRIPT = ROOT / "benchmarks" / "cluster.py"
