@@ -317,6 +317,16 @@ class Outbox:
                 q.in_flight = 0
                 self._ready[q.job] = None
 
+    def release_unsettled(self) -> None:
+        """A sender ended without settling what it took (cancelled, or killed by a bug: every
+        write failure is caught): those entries go again, first in line, with the next sender.
+        If the lost write did land, their seqs make the script skip them."""
+        with self.lock:
+            for q in self._queues.values():
+                if q.in_flight:
+                    q.in_flight = 0
+                    self._ready[q.job] = None
+
     # ---- waiting for delivery --------------------------------------------------------------
     def marks(self) -> dict[str, int]:
         """Per job, the last seq queued so far: flushing means settling everything up to it."""

@@ -89,6 +89,8 @@ class Publisher(PublisherCore):
 
     def _ensure_sender(self) -> asyncio.Event:
         if self._wake is None or self._sender is None or self._sender.done():
+            if self._sender is not None:  # it ended (cancelled by someone, or a bug) mid-write?
+                self._outbox.release_unsettled()
             self._wake = asyncio.Event()
             self._progress = asyncio.Event()
             self._sender = asyncio.get_running_loop().create_task(self._run(), name=f"logbroker-{self.src}")

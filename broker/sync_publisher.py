@@ -88,6 +88,22 @@ class SyncPublisher(PublisherCore):
                     thread.start()
                     self._thread = thread
 
+    def _revive_sender(self) -> bool:
+        """Replace a sender thread that died (only a bug can kill it: every write failure is
+        caught), with what it took and never settled; otherwise entries would pile up unsent and
+        a caller blocked on a full buffer would wait for good. Checked where callers wait, not
+        per line. True if the sender is running."""
+        thread = self._thread
+        if self._stopping or thread is None or thread.is_alive():
+            return not self._stopping and thread is not None
+        with self._start_lock:
+            if self._thread is thread:
+                log.error("publisher %s: the sender thread died; starting a new one", self.src)
+                self._outbox.release_unsettled()
+                self._thread = None
+        self._ensure_sender()
+        return True
+
     def job(self, job: str, *, name: str | None = None, type: str | None = None) -> JobHandle[None]:
         return JobHandle(self, job, name, type)
 
@@ -145,15 +161,13 @@ class SyncPublisher(PublisherCore):
             time.sleep(0)  # hands over the GIL
         elif backlog is Backlog.BEHIND_WRITE:
             with self._progress:
-                while self._outbox.backlog(job) is Backlog.BEHIND_WRITE and self._sending():
+                while self._outbox.backlog(job) is Backlog.BEHIND_WRITE and self._revive_sender():
                     self._progress.wait(0.05)
-
-    def _sending(self) -> bool:
-        return not self._stopping and self._thread is not None and self._thread.is_alive()
 
     def _until_queued(self, offer: Callable[[], Offer]) -> None:
         """``overflow="block"``: the calling thread waits for each write to make room, then offers again."""
         while True:
+            self._revive_sender()
             with self._progress:
                 self._wake.set()
                 self._progress.wait(0.05)  # woken by the sender after each write
@@ -198,6 +212,7 @@ class SyncPublisher(PublisherCore):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
+                    self._revive_sender()
                     self._progress.wait(min(remaining, 0.5))
         return self.report()
 

@@ -18,6 +18,7 @@ from broker import (
     SyncPublisher,
     bind,
 )
+from broker.outbox import Batch
 from gateway.redis_server import RedisServer
 from tests.conftest import ServerFactory
 from tests.helpers import assert_lines_contiguous, count_by, read_job, read_meta
@@ -221,6 +222,69 @@ def test_a_thread_waiting_behind_a_write_is_released_when_the_publisher_closes(
         assert not thread.is_alive() and len(outcome) == 1, "released, then refused"
     finally:
         redis_server.resume()
+
+
+async def test_a_sender_task_cancelled_mid_write_is_replaced_and_its_batch_goes_again(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Whoever cancels the sender (a framework cancelling every task at shutdown, say) must not
+    strand the batch it was writing: the next line starts a new sender, which writes it again
+    (once more, if the cancelled write did land: the seqs say so)."""
+    pub = Publisher(redis_server.url, config=PublisherConfig(max_batch_entries=5, socket_timeout_s=30.0))
+    await pub.start()
+    worker = pub.job("cancelled").step("s").worker("w")
+    redis_server.pause()
+    try:
+        for i in range(5):
+            await worker.info(f"m{i}")
+        await asyncio.sleep(0.2)  # the sender took the batch and is stuck writing it
+        assert pub._sender is not None
+        pub._sender.cancel()
+        await asyncio.sleep(0.05)
+    finally:
+        redis_server.resume()
+    await worker.info("m5")
+    report = await pub.flush(10)
+    await pub.aclose()
+    assert report.ok and report.pending == 0, report
+    assert [e["msg"] for e in read_job(redis_client, "cancelled")] == [f"m{i}" for i in range(6)]
+
+
+class _SenderDied(BaseException):
+    """Not an ``Exception``: the sender's own handling does not catch it, as with a bug."""
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the death itself
+def test_a_sender_thread_that_died_is_replaced_and_nothing_waits_forever(
+    redis_server: RedisServer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = PublisherConfig(max_batch_entries=5, max_buffer_entries=10)
+    pub = SyncPublisher(redis_server.url, config=config)
+    pub.start()
+    real_take = pub._outbox.take
+    died: list[bool] = []
+
+    def take_then_die(now: float | None = None) -> tuple[list[Batch], float | None]:
+        batches, wait = real_take(now)
+        if batches and not died:
+            died.append(True)
+            raise _SenderDied  # with a batch taken and never settled
+        return batches, wait
+
+    monkeypatch.setattr(pub._outbox, "take", take_then_die)
+    worker = pub.job("died").step("s").worker("w")
+    done = threading.Event()
+
+    def publish() -> None:
+        for i in range(30):  # three times the buffer: a dead sender would block this for good
+            worker.info(f"m{i}")
+        done.set()
+
+    threading.Thread(target=publish, daemon=True).start()
+    assert done.wait(10), "the caller was left waiting on a dead sender"
+    report = pub.close(timeout=10)
+    assert died and report.ok and report.pending == 0, report
+    assert [e["msg"] for e in read_job(redis_client, "died")] == [f"m{i}" for i in range(30)]
 
 
 def test_sync_block_policy_makes_the_calling_thread_wait_and_loses_nothing(
