@@ -148,7 +148,7 @@ def serving_app(settings: GatewaySettings, url: str | None) -> web.Application:
 async def freeze_startup_heap(app: web.Application) -> None:
     """Move everything alive once the gateway has started (modules, classes, settings, pools:
     ~65,000 objects) out of the collector's reach. A full collection of the process otherwise
-    walks all of them every few seconds under load, a 40-75 ms pause of every stream at once,
+    walks all of them every few seconds under load, a 45-77 ms pause of every stream at once,
     which was the p99 of fanout.py part 2; after the freeze it walks only what was made since.
     Only ``serve`` does this: it owns the process, an embedding application owns its own heap."""
     gc.collect()
