@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol
@@ -312,20 +312,20 @@ class Outbox:
     def retry(self, batches: list[Batch]) -> None:
         """A write failed in a way worth retrying: the same entries go again, first in line."""
         with self.lock:
-            for batch in batches:
-                q = self._queues[batch.job]
-                q.in_flight = 0
-                self._ready[q.job] = None
+            self._requeue(self._queues[batch.job] for batch in batches)
 
     def release_unsettled(self) -> None:
         """A sender ended without settling what it took (cancelled, or killed by a bug: every
         write failure is caught): those entries go again, first in line, with the next sender.
         If the lost write did land, their seqs make the script skip them."""
         with self.lock:
-            for q in self._queues.values():
-                if q.in_flight:
-                    q.in_flight = 0
-                    self._ready[q.job] = None
+            self._requeue(q for q in self._queues.values() if q.in_flight)
+
+    def _requeue(self, queues: Iterable[_JobQueue]) -> None:
+        """Their batches in flight are taken again by the next ``take``. Called under the lock."""
+        for q in queues:
+            q.in_flight = 0
+            self._ready[q.job] = None
 
     # ---- waiting for delivery --------------------------------------------------------------
     def marks(self) -> dict[str, int]:

@@ -38,9 +38,13 @@ local function counter(field)
   return v
 end
 
-local function add(field, delta)
-  counters[field] = counter(field) + delta
+local function set_counter(field, value)
+  counters[field] = value
   dirty[field] = true
+end
+
+local function add(field, delta)
+  set_counter(field, counter(field) + delta)
 end
 
 local function flush()
@@ -105,16 +109,25 @@ end
 -- the end: per entry only plain fields of a few small tables change, no counter is looked up by
 -- name and no field name is built (that was ~40% of the script's time). A batch has few writers:
 -- a src (its last seq, its entry count), a step (its line counter, first and last id), a worker of
--- a step (its entry count), and a (src, step, worker) group pointing at the three.
+-- a step (its entry count), and a (src, step, worker) group pointing at the three. Every entry
+-- count (the job's, each src's, each worker's) is a tally: a meta field and what to add to it.
 local srcs, steps, workers, groups = {}, {}, {}, {}
-local src_list, step_list, worker_list = {}, {}, {}
-local total, first_id, last_id = 0, nil, nil
+local tallies, src_list, step_list = {}, {}, {}
+local first_id, last_id = nil, nil
+
+local function tally(field)
+  local t = {n_f = field, cnt = 0}
+  tallies[#tallies + 1] = t
+  return t
+end
+local job_tally = tally('n')
 
 local function src_of(src)
   local s = srcs[src]
   if s == nil then
     local p = 'p' .. SEP .. src .. SEP
-    s = {seq_f = p .. 'seq', n_f = p .. 'n', cnt = 0, moved = false}
+    s = tally(p .. 'n')
+    s.seq_f, s.moved = p .. 'seq', false
     s.seq = counter(s.seq_f)
     srcs[src] = s
     src_list[#src_list + 1] = s
@@ -144,9 +157,9 @@ local function worker_of(step, worker)
   local w = workers[key]
   if w == nil then
     local p = 'w' .. SEP .. key .. SEP
-    w = {n_f = p .. 'n', status_f = p .. 'status', cnt = 0}
+    w = tally(p .. 'n')
+    w.status_f = p .. 'status'
     workers[key] = w
-    worker_list[#worker_list + 1] = w
   end
   return w
 end
@@ -173,36 +186,26 @@ local function group_of(src, step, worker)
 end
 
 local function fold()
-  if total > 0 then
-    add('n', total)
-    total = 0
+  for _, t in ipairs(tallies) do
+    if t.cnt > 0 then
+      add(t.n_f, t.cnt)
+      t.cnt = 0
+    end
   end
   for _, s in ipairs(src_list) do
-    if s.cnt > 0 then
-      add(s.n_f, s.cnt)
-      s.cnt = 0
-    end
     if s.moved then
-      counters[s.seq_f] = s.seq
-      dirty[s.seq_f] = true
+      set_counter(s.seq_f, s.seq)
       s.moved = false
     end
   end
   for _, st in ipairs(step_list) do
     if st.moved then
-      counters[st.line_f] = st.line
-      dirty[st.line_f] = true
+      set_counter(st.line_f, st.line)
       if st.first_f then
         firsts[st.first_f] = st.first  -- a flush follows every fold: firsts are still empty
         sets[st.last_f] = st.last
       end
       st.first, st.moved = nil, false
-    end
-  end
-  for _, w in ipairs(worker_list) do
-    if w.cnt > 0 then
-      add(w.n_f, w.cnt)
-      w.cnt = 0
     end
   end
   if first_id then
@@ -239,7 +242,7 @@ for _, e in ipairs(batch) do
     end
     st.line, st.last, st.moved = line, id, true
     if st.first == nil then st.first = id end
-    total = total + 1
+    job_tally.cnt = job_tally.cnt + 1
     if s then
       s.cnt = s.cnt + 1
       if seq > 0 then
