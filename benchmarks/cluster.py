@@ -60,7 +60,7 @@ from redis.cluster import RedisCluster
 from sse_wire import EventCounter, stream_all
 
 from broker import Keyspace, Publisher, PublisherConfig, WorkerHandle
-from gateway.redis_server import RedisServer, free_port
+from gateway.cli.redis_server import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests/ is not an installed package; its cluster helper is reused as is

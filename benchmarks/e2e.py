@@ -70,7 +70,7 @@ from common import percentile as nearest_rank
 from sse_wire import STAMP_RE, Pace, SseConnection, last_event_is_end, open_all
 
 from broker import Keyspace, Publisher, WorkerHandle
-from gateway.redis_server import RedisServer, free_port
+from gateway.cli.redis_server import RedisServer, free_port
 from gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -68,7 +68,7 @@ from common import (
 from sse_wire import ID_STAMP_RE, EventCounter, stream_all
 
 from broker import Publisher, WorkerHandle
-from gateway.redis_server import RedisServer, free_port
+from gateway.cli.redis_server import RedisServer, free_port
 from gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -48,7 +48,7 @@ from fanout import (
     running_gateway,
 )
 
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 
 SOURCE = Path(__file__).resolve().parent / "sse_c_client.c"
 PROCESSES = 2  # the C clients' processes: one per core is plenty at ~0.1 µs per event

@@ -44,7 +44,7 @@ import redis
 from common import MESSAGE_BYTES, cpu_model, log, message
 
 from broker import Keyspace, Publisher, PublisherConfig, SyncPublisher, WorkerHandle
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 
 STEPS = 4
 WORKERS_PER_STEP = 2

@@ -1,6 +1,8 @@
 """Every Redis key part, stored field name and default number of logbroker, in one place.
 
-Units are in the names (``_ms``, ``_s``, ``_bytes``) so a reader never has to guess.
+Units are in the names (``_ms``, ``_s``, ``_bytes``) so a reader never has to guess. The write
+script (``lua/write_batch.lua``) cannot import this module: it spells the same stream and meta
+field names, and ``tests/broker/test_constants.py`` checks that it spells every one of them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ KIND_END: Final = 2
 KINDS: Final[dict[str, int]] = {"log": KIND_LOG, "status": KIND_STATUS, "end": KIND_END}
 KIND_NAMES: Final[dict[int, str]] = {v: k for k, v in KINDS.items()}
 
+# --- Media types of the HTTP API (docs/design.md §5) ---
+JSON: Final = "application/json"
+NDJSON: Final = "application/x-ndjson"  # one entry per line: ingest bodies and replay downloads
+
 # --- Redis layout (DESIGN §3) ---
 DEFAULT_KEY_PREFIX: Final = "logbroker"
 DEFAULT_PARTITIONS: Final = 16
@@ -34,6 +40,30 @@ STREAM_FIELD_TOTALS: Final = b"t"  # only on end entries: per-step/worker/publis
 BODY_VERSION: Final = 1
 # Separator inside meta field names; control characters are forbidden in names, so it is unambiguous.
 META_SEP: Final = "\x1f"
+STREAM_ID_PART_MAX: Final = 2**64 - 1  # each of a stream id's two numbers (<ms>-<seq>)
+MAX_SEQ: Final = 2**53 - 1  # the write script compares seqs as Lua numbers (doubles): exact up to 2**53
+
+# --- The meta hash of a job (docs/design.md §3), kept by the write script ---
+META_ENTRIES: Final = "n"  # every entry of the job
+META_JOB_ENTRIES: Final = "jn"  # entries without a step (job-level lines; also their line counter)
+META_NAME: Final = "name"
+META_TYPE: Final = "type"
+META_STATUS: Final = "status"
+META_CREATED_MS: Final = "created_ms"
+META_UPDATED_MS: Final = "updated_ms"
+META_ENDED_MS: Final = "ended_ms"
+META_FIRST_ID: Final = "first_id"  # the job's first entry ever: a gap shows when it was trimmed
+META_LAST_ID: Final = "last_id"
+META_END_ID: Final = "end_id"  # the end entry: a stream past it answers 204
+# Per step, worker and publisher: ``<tag>SEP<name>SEP<attribute>`` (a worker's name is
+# ``<step>SEP<worker>``); e.g. ``s\x1fbuild\x1fn`` is step build's entry count (and line counter).
+META_STEP: Final = "s"
+META_WORKER: Final = "w"
+META_PUBLISHER: Final = "p"
+META_COUNT: Final = "n"
+META_FIRST: Final = "first"
+META_LAST: Final = "last"
+META_SEQ: Final = "seq"  # a publisher's last stored seq
 
 # --- Retention (DESIGN §3) ---
 DEFAULT_STREAM_MAXLEN: Final = 1_000_000
@@ -50,6 +80,7 @@ DEFAULT_MAX_BUFFER_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_FLUSH_TIMEOUT_S: Final = 30.0
 DEFAULT_SOCKET_TIMEOUT_S: Final = 10.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
+CONNECT_ATTEMPTS: Final = 5  # at start (publishers and gateways): then the error, loudly
 BACKOFF_INITIAL_MS: Final = 50
 BACKOFF_MAX_MS: Final = 2000
 OVERFLOW_BLOCK: Final = "block"

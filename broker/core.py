@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import PublisherConfig
-from .constants import KINDS, LEVELS, META_SEP
+from .constants import KINDS, LEVELS, META_PUBLISHER, META_SEP, META_SEQ
 from .delivery import Backoff, Outcome, is_retryable
 from .entry import kind_number, level_number
 from .errors import PublisherClosed
@@ -139,7 +139,7 @@ class PublisherCore:
 
     def _resume_field(self, job: str) -> tuple[str, str]:
         """(meta key, field) holding the last seq stored for this publisher's src in ``job``."""
-        return self.config.keyspace.meta(job), f"p{META_SEP}{self.src}{META_SEP}seq"
+        return self.config.keyspace.meta(job), f"{META_PUBLISHER}{META_SEP}{self.src}{META_SEP}{META_SEQ}"
 
     def _resumed_at(self, job: str, raw: object) -> int:
         last = int(raw) if isinstance(raw, bytes | str | int) else 0

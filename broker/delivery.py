@@ -9,7 +9,9 @@ reported, never silently swallowed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+import time
 import weakref
 from collections.abc import Sequence
 from typing import Any, cast
@@ -20,7 +22,7 @@ import redis.asyncio.cluster
 import redis.cluster
 
 from .config import PublisherConfig, sentinel_addresses
-from .constants import BACKOFF_INITIAL_MS, BACKOFF_MAX_MS
+from .constants import BACKOFF_INITIAL_MS, BACKOFF_MAX_MS, CONNECT_ATTEMPTS
 from .outbox import Batch
 from .script import (
     WRITE_BATCH_LUA,
@@ -32,6 +34,7 @@ from .script import (
     write_args,
 )
 
+log = logging.getLogger(__name__)
 Outcome = WriteResult | BaseException
 # A plain client or a Redis Cluster one: every write touches one job, so one slot (DESIGN §3)
 AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
@@ -282,6 +285,38 @@ def _master_for(sentinel_class: Any, config: PublisherConfig) -> Any:
 
 def _addresses(sentinels: tuple[str, ...]) -> list[tuple[str, int]]:
     return sentinel_addresses(sentinels)
+
+
+# Connect eagerly and fail loudly (publishers and gateways alike): PING and load the write script,
+# a few bounded retries with one warning each, then the last error.
+
+
+async def connect_async(client: AsyncRedis, who: str) -> None:
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            await client.ping()
+            await load_script_async(client)
+            return
+        except (redis.RedisError, OSError) as e:
+            await asyncio.sleep(_connect_failed(who, e, attempt))
+
+
+def connect_sync(client: SyncRedis, who: str) -> None:
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            client.ping()
+            load_script_sync(client)
+            return
+        except (redis.RedisError, OSError) as e:
+            time.sleep(_connect_failed(who, e, attempt))
+
+
+def _connect_failed(who: str, error: BaseException, attempt: int) -> float:
+    """The pause before the next attempt; the error itself after the last one."""
+    if attempt == CONNECT_ATTEMPTS:
+        raise error
+    log.warning("%s: Redis not reachable (%s), attempt %d/%d", who, error, attempt, CONNECT_ATTEMPTS)
+    return 0.2 * attempt
 
 
 async def load_script_async(client: AsyncRedis) -> None:

@@ -8,7 +8,7 @@ Hierarchy::
     ├── CodecError          stored bytes that cannot be decoded (corruption, foreign writer)
     └── PublisherClosed     publishing after close()/aclose()
 
-Redis errors are classified (retryable or not) in ``broker.redis_errors``, never leaked as-is
+Redis errors are classified (retryable or not) in ``broker.delivery.is_retryable``, never leaked as-is
 through the publisher's delivery report.
 """
 

@@ -1,6 +1,6 @@
 """A job's meta hash (kept by the write script) as typed values.
 
-Per-step and per-worker totals are O(1) counters kept with the data (lesson 7): reading them is
+Per-step and per-worker totals are O(1) counters kept with the data (docs/design.md §10): reading them is
 one ``HGETALL``, never a scan of the stream.
 """
 
@@ -9,7 +9,27 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .constants import META_SEP
+from .constants import (
+    META_COUNT,
+    META_CREATED_MS,
+    META_END_ID,
+    META_ENDED_MS,
+    META_ENTRIES,
+    META_FIRST,
+    META_FIRST_ID,
+    META_JOB_ENTRIES,
+    META_LAST,
+    META_LAST_ID,
+    META_NAME,
+    META_PUBLISHER,
+    META_SEP,
+    META_SEQ,
+    META_STATUS,
+    META_STEP,
+    META_TYPE,
+    META_UPDATED_MS,
+    META_WORKER,
+)
 
 
 @dataclass(slots=True)
@@ -51,8 +71,9 @@ class JobMeta:
     publishers: dict[str, PublisherMeta] = field(default_factory=dict)
 
 
-_INTS = {"created_ms", "updated_ms", "ended_ms"}
-_STRS = {"name", "type", "status", "first_id", "last_id", "end_id"}
+# the meta fields that are JobMeta attributes of the same name
+_INTS = {META_CREATED_MS, META_UPDATED_MS, META_ENDED_MS}
+_STRS = {META_NAME, META_TYPE, META_STATUS, META_FIRST_ID, META_LAST_ID, META_END_ID}
 
 
 def parse_meta(job: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobMeta | None:
@@ -68,9 +89,9 @@ def parse_meta(job: str, raw: Mapping[bytes, bytes] | Mapping[str, str]) -> JobM
 
 
 def _apply(meta: JobMeta, key: str, value: str) -> None:  # noqa: C901 - one branch per field family
-    if key == "n":
+    if key == META_ENTRIES:
         meta.entries = int(value)
-    elif key == "jn":
+    elif key == META_JOB_ENTRIES:
         meta.job_entries = int(value)
     elif key in _INTS:
         setattr(meta, key, int(value))
@@ -78,26 +99,26 @@ def _apply(meta: JobMeta, key: str, value: str) -> None:  # noqa: C901 - one bra
         setattr(meta, key, value)
     elif META_SEP in key:
         tag, name, *rest = key.split(META_SEP)
-        if tag == "s":
+        if tag == META_STEP:
             step = meta.steps.setdefault(name, StepMeta())
             attr = rest[0]
-            if attr == "n":
+            if attr == META_COUNT:
                 step.entries = int(value)
-            elif attr == "status":
+            elif attr == META_STATUS:
                 step.status = value
-            elif attr == "first":
+            elif attr == META_FIRST:
                 step.first_id = value
-            elif attr == "last":
+            elif attr == META_LAST:
                 step.last_id = value
-        elif tag == "w" and len(rest) == 2:
+        elif tag == META_WORKER and len(rest) == 2:
             worker = meta.steps.setdefault(name, StepMeta()).workers.setdefault(rest[0], WorkerMeta())
-            if rest[1] == "n":
+            if rest[1] == META_COUNT:
                 worker.entries = int(value)
-            elif rest[1] == "status":
+            elif rest[1] == META_STATUS:
                 worker.status = value
-        elif tag == "p":
+        elif tag == META_PUBLISHER:
             pub = meta.publishers.setdefault(name, PublisherMeta())
-            if rest[0] == "n":
+            if rest[0] == META_COUNT:
                 pub.entries = int(value)
-            elif rest[0] == "seq":
+            elif rest[0] == META_SEQ:
                 pub.last_seq = int(value)

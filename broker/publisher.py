@@ -14,17 +14,14 @@ from contextlib import suppress
 from types import TracebackType
 from typing import Any
 
-import redis.asyncio
-
 from .config import PublisherConfig
 from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
-from .delivery import AsyncRedis, async_client, load_script_async, write_async
+from .delivery import AsyncRedis, async_client, connect_async, write_async
 from .handles import JobHandle
 from .outbox import Backlog, DeliveryReport, LineOrigin, Offer
 
 log = logging.getLogger(__name__)
-_CONNECT_ATTEMPTS = 5
 
 
 class Publisher(PublisherCore):
@@ -61,24 +58,8 @@ class Publisher(PublisherCore):
 
     async def start(self) -> None:
         """Connect eagerly, load the write script, fail loudly: a few bounded retries, one warning each."""
-        client = self._redis()
-        for attempt in range(1, _CONNECT_ATTEMPTS + 1):
-            try:
-                await client.ping()
-                await load_script_async(client)
-                self._connected = True
-                break
-            except (redis.RedisError, OSError) as e:
-                if attempt == _CONNECT_ATTEMPTS:
-                    raise
-                log.warning(
-                    "publisher %s: Redis not reachable (%s), attempt %d/%d",
-                    self.src,
-                    e,
-                    attempt,
-                    _CONNECT_ATTEMPTS,
-                )
-                await asyncio.sleep(0.2 * attempt)
+        await connect_async(self._redis(), f"publisher {self.src}")
+        self._connected = True
         self._ensure_sender()
 
     def _redis(self) -> AsyncRedis:

@@ -14,12 +14,10 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-import redis
-
 from .config import PublisherConfig
 from .constants import DEFAULT_FLUSH_TIMEOUT_S
 from .core import PublisherCore
-from .delivery import SyncRedis, load_script_sync, sync_client, write_sync
+from .delivery import SyncRedis, connect_sync, sync_client, write_sync
 from .handles import JobHandle
 from .outbox import Backlog, DeliveryReport, LineOrigin, Offer
 
@@ -59,19 +57,9 @@ class SyncPublisher(PublisherCore):
         self.close()
 
     def start(self) -> None:
-        """Connect eagerly, load the write script, fail loudly (``redis.ConnectionError`` after 5 tries)."""
-        client = self._redis()
-        for attempt in range(1, 6):
-            try:
-                client.ping()
-                load_script_sync(client)
-                self._connected = True
-                break
-            except (redis.RedisError, OSError) as e:
-                if attempt == 5:
-                    raise
-                log.warning("publisher %s: Redis not reachable (%s), attempt %d/5", self.src, e, attempt)
-                time.sleep(0.2 * attempt)
+        """Connect eagerly, load the write script, fail loudly: a few bounded retries, one warning each."""
+        connect_sync(self._redis(), f"publisher {self.src}")
+        self._connected = True
         self._ensure_sender()
 
     def _redis(self) -> SyncRedis:

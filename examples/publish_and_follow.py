@@ -8,8 +8,8 @@ import aiohttp
 from aiohttp import web
 
 from broker import Publisher
-from gateway.app import create_app
-from gateway.redis_server import RedisServer
+from gateway.api import create_app
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 
 

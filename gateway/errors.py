@@ -1,25 +1,36 @@
-"""HTTP errors: one exception type, one middleware that turns everything into JSON.
+"""The gateway's errors, in one tree; third-party errors become these at one seam each.
 
-Every error answer is ``{"error": {"code": "...", "message": "..."}}`` with the right status
-(DESIGN §5); third-party errors are translated here and nowhere else.
+Hierarchy::
+
+    LogbrokerError                  (broker.errors) every error logbroker raises on purpose
+    └── GatewayError                raised by this package
+        ├── ApiError                an error answer: status, ``code``, message, headers (docs/design.md §5)
+        │   └── RedisUnavailable    503 ``redis_unavailable``: retry later (Retry-After)
+        ├── ClientGone              an SSE client disconnected, or stopped reading (gateway.live)
+        ├── RedisServerError        the embedded redis-server cannot start (gateway.cli)
+        └── GatewayRefused          the gateway answered a 4xx that retrying cannot fix (gateway.cli)
+
+Redis errors become answers in :func:`redis_failure` only: retryable ones (connection lost,
+timeout, loading, failover, as ``broker.delivery.is_retryable`` classifies them) are a 503, the
+rest (a refusal such as WRONGTYPE) a 500. The API's middleware turns every ``ApiError`` into
+``{"error": {"code": ..., "message": ...}}`` (``gateway.api.error_middleware``).
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
+from broker.delivery import is_retryable
+from broker.errors import LogbrokerError
 
-import redis
-from aiohttp import web
-from aiohttp.web_protocol import RequestPayloadError
-
-from broker.errors import CodecError, InvalidEntry
-
-log = logging.getLogger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+RETRY_AFTER_S = 1  # what a 503 redis_unavailable tells clients to wait
 
 
-class ApiError(Exception):
+class GatewayError(LogbrokerError):
+    """Base class of the gateway's errors."""
+
+
+class ApiError(GatewayError):
+    """An error answer; raised anywhere in a request, answered by the error middleware."""
+
     def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
@@ -28,10 +39,23 @@ class ApiError(Exception):
         self.headers = headers or {}
 
 
-def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+class RedisUnavailable(ApiError):
+    """Redis is not reachable (or failing over): the client retries the same request later."""
+
+    def __init__(self, message: str = "Redis is not reachable; retry later") -> None:
+        super().__init__(503, "redis_unavailable", message, {"Retry-After": str(RETRY_AFTER_S)})
+
+
+class ClientGone(GatewayError):
+    """The SSE client disconnected, or stopped reading for longer than the write timeout."""
+
+
+class RedisServerError(GatewayError):
+    """No redis-server binary, or it did not come up; the message says which and what to do."""
+
+
+class GatewayRefused(GatewayError):
+    """The gateway refused a request (bad job id or parameter, no access): retrying cannot help."""
 
 
 def bad_request(code: str, message: str) -> ApiError:
@@ -42,42 +66,9 @@ def not_found(job: str) -> ApiError:
     return ApiError(404, "job_not_found", f"job {job!r} does not exist (or has expired)")
 
 
-_HTTP_CODES = {
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "body_too_large",
-    415: "unsupported_media_type",
-}
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as e:
-        return error_response(e.status, e.code, e.message, e.headers)
-    except InvalidEntry as e:
-        return error_response(400, f"invalid_{e.field.split('.')[0].split('[')[0]}", str(e))
-    except web.HTTPException as e:
-        if e.status < 400:
-            raise
-        code = _HTTP_CODES.get(e.status, "http_error")
-        return error_response(
-            e.status, code, e.reason or code, {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
-        )
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        log.warning("Redis unavailable for %s %s: %s", request.method, request.path, e)
-        return error_response(
-            503, "redis_unavailable", "Redis is not reachable; retry later", {"Retry-After": "1"}
-        )
-    except redis.RedisError as e:  # a refusal (WRONGTYPE, OOM...): retrying as-is will not help
-        log.error("Redis refused %s %s: %s", request.method, request.path, e)
-        return error_response(500, "redis_error", f"Redis refused the operation: {type(e).__name__}")
-    except RequestPayloadError as e:  # a body that could not even be read (bad Content-Encoding...)
-        return error_response(400, "invalid_body", f"the request body could not be read: {e}")
-    except CodecError as e:
-        log.error("undecodable data for %s: %s", request.path, e)
-        return error_response(500, "corrupt_entry", str(e))
-    except Exception:  # a bug: still answer in the API's shape, and say so loudly in the log
-        log.exception("unexpected error for %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "unexpected server error (logged)")
+def redis_failure(e: BaseException, done: str = "", refused_code: str = "redis_error") -> ApiError:
+    """The answer for a Redis error; ``done`` says what the request achieved before it (ingest)."""
+    detail = f"; {done}" if done else ""
+    if is_retryable(e):
+        return RedisUnavailable(f"Redis is not reachable ({type(e).__name__}){detail}; retry later")
+    return ApiError(500, refused_code, f"Redis refused the operation: {type(e).__name__}{detail}")

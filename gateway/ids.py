@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 
+from broker.constants import STREAM_ID_PART_MAX as _MAX
+
 from .errors import bad_request
 
 StreamId = tuple[int, int]
 ZERO: StreamId = (0, 0)
+MAX_ID: StreamId = (_MAX, _MAX)  # Redis refuses an exclusive bound past it
 _ID_RE = re.compile(r"(\d{1,20})(?:-(\d{1,20}))?")
-_MAX = 2**64 - 1
 
 
 def parse_id(text: str, param: str) -> StreamId:
@@ -31,3 +33,9 @@ def from_redis(raw: bytes | str) -> StreamId:
     text = raw.decode() if isinstance(raw, bytes) else raw
     ms, _, seq = text.partition("-")
     return int(ms), int(seq or 0)
+
+
+def predecessor(sid: StreamId) -> StreamId:
+    """The id just before ``sid``: a cursor there reads ``sid`` next."""
+    ms, seq = sid
+    return (ms, seq - 1) if seq else (ms - 1, _MAX)

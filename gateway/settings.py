@@ -1,7 +1,8 @@
-"""Gateway settings: the one place the environment is read (``LOGBROKER_*``, DESIGN §8)."""
+"""Gateway settings: the one place the environment is read (``LOGBROKER_*``, docs/design.md §8)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,8 +21,17 @@ from broker.constants import (
 from broker.keys import Keyspace
 from broker.script import Retention
 
-from .auth import MIN_SECRET_BYTES
-from .cors import check_origin
+MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key is at least as long as the hash (256 bits)
+ANY_ORIGIN = "*"
+_ORIGIN_RE = re.compile(r"https?://[a-z0-9.\-\[\]:]+")  # scheme://host[:port], no path
+
+
+def check_origin(value: str) -> str:
+    """One CORS allow-list entry, normalised as browsers send it (lower case, no trailing slash)."""
+    origin = value.strip().lower().rstrip("/")
+    if origin != ANY_ORIGIN and _ORIGIN_RE.fullmatch(origin) is None:
+        raise ValueError(f"a CORS origin is scheme://host[:port] (or *), got {value!r:.80}")
+    return origin
 
 
 class GatewaySettings(BaseSettings):
@@ -121,6 +131,11 @@ class GatewaySettings(BaseSettings):
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value or None
+
+    @property
+    def uses_embedded_redis(self) -> bool:
+        """No Redis configured (neither a URL nor Sentinels): ``serve`` and ``demo`` start one."""
+        return self.redis_url is None and not self.sentinels
 
     @property
     def keyspace(self) -> Keyspace:

@@ -10,7 +10,7 @@ import socket
 import threading
 from contextlib import suppress
 
-from gateway.redis_server import free_port
+from gateway.cli.redis_server import free_port
 
 
 class ChaosProxy:

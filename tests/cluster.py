@@ -11,7 +11,7 @@ from pathlib import Path
 
 import redis
 
-from gateway.redis_server import RedisServer, free_port
+from gateway.cli.redis_server import RedisServer, free_port
 
 
 def _cluster_port() -> int:

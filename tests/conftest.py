@@ -11,8 +11,8 @@ import redis
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from gateway.app import create_app
-from gateway.redis_server import RedisServer
+from gateway.api import create_app
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 
 ServerFactory = Callable[..., RedisServer]

@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from broker import SyncPublisher
-from gateway.app import create_app
-from gateway.redis_server import RedisServer
+from gateway.api import create_app
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 
 __all__ = ["Client", "MakeApi", "api", "error_of", "make_api", "publish_job"]

@@ -12,7 +12,7 @@ from typing import BinaryIO
 
 import httpx
 
-from gateway.redis_server import free_port
+from gateway.cli.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -88,11 +88,13 @@ async def wait_for_subscribers(gw: Any, n: int, *, parked: bool = False, timeout
     """Until the gateway has ``n`` SSE subscribers (all parked at the feed's end, if asked)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while asyncio.get_running_loop().time() < deadline:
-        subs = list(gw.subscribers)
+        subs = list(gw.hub.subscribers)
         if len(subs) == n and (not parked or all(s.parked for s in subs)):
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"expected {n} subscribers{' parked' if parked else ''}, have {len(gw.subscribers)}")
+    raise AssertionError(
+        f"expected {n} subscribers{' parked' if parked else ''}, have {len(gw.hub.subscribers)}"
+    )
 
 
 @contextmanager

@@ -16,7 +16,7 @@ from broker import Keyspace
 from broker.delivery import Outcome, write_async
 from broker.outbox import Batch
 from broker.script import Retention
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.gateway_fixtures import *  # noqa: F403
 from tests.gateway_fixtures import Client, MakeApi, error_of
 from tests.helpers import assert_exactly_once, assert_lines_contiguous, read_job, read_meta
@@ -229,7 +229,7 @@ async def test_retry_after_a_failure_half_way_stores_every_entry_once(
             raise redis.ConnectionError("connection lost")
         return await write_async(client, batches, retention)
 
-    monkeypatch.setattr("gateway.ingest.write_async", fail_second_batch)
+    monkeypatch.setattr("gateway.api.ingest.write_async", fail_second_batch)
     entries = [{"msg": f"m{i}", "src": "retry", "seq": i + 1} for i in range(2500)]
     resp = await api.post("/v1/jobs/half/logs", json=entries)
     error = await error_of(resp, 503)

@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from broker import Keyspace, SyncPublisher
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.gateway_fixtures import *  # noqa: F403
 from tests.gateway_fixtures import Client, error_of, publish_job
 from tests.helpers import count_by, read_job

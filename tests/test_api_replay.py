@@ -13,7 +13,7 @@ import redis
 
 from broker import Entry, SyncPublisher
 from broker.constants import LEVELS
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.gateway_fixtures import *  # noqa: F403
 from tests.gateway_fixtures import Client, MakeApi, error_of, publish_job
 from tests.helpers import read_job, read_meta

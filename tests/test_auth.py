@@ -24,8 +24,8 @@ from pydantic import ValidationError
 from yarl import URL
 
 from broker import SyncPublisher
-from gateway.auth import RedactingAccessLogger, mint_token, redact
-from gateway.redis_server import RedisServer
+from gateway.api.auth import RedactingAccessLogger, mint_token, redact
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.gateway_fixtures import *  # noqa: F403
 from tests.gateway_fixtures import Client, MakeApi, error_of, publish_job

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gateway.redis_server import RedisServer
-from gateway.sse_reader import SSEParser
+from gateway.cli.redis_server import RedisServer
+from gateway.cli.sse_parser import SSEParser
 from tests.gateway_fixtures import publish_job
 from tests.gateway_process import GatewayProcess
 from tests.sse_client import parse

@@ -14,7 +14,7 @@ import pytest
 from redis.cluster import RedisCluster
 
 from broker import Keyspace, PublisherConfig, SyncPublisher
-from gateway.app import create_app
+from gateway.api import create_app
 from gateway.settings import GatewaySettings
 from tests.cluster import RedisClusterProcesses
 from tests.conftest import AiohttpClient

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway import cli
+from gateway.cli import main as cli
 from gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent

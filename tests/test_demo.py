@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.redis_server import free_port
+from gateway.cli.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--no-slow-step", "--speed", "20", "--logs", "0.2", "--fan-out", "50"]

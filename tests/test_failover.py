@@ -17,8 +17,8 @@ import redis
 from redis.cluster import RedisCluster
 
 from broker import Keyspace, PublisherConfig, SyncPublisher, decode_entry
-from gateway.app import create_app
-from gateway.redis_server import RedisServer, find_redis_server, free_port
+from gateway.api import create_app
+from gateway.cli.redis_server import RedisServer, find_redis_server, free_port
 from gateway.settings import GatewaySettings
 from tests.cluster import RedisClusterProcesses
 from tests.conftest import AiohttpClient

@@ -18,8 +18,8 @@ import httpx
 import pytest
 import redis
 
-from gateway.context import GATEWAY
-from gateway.redis_server import RedisServer
+from gateway.api.state import GATEWAY
+from gateway.cli.redis_server import RedisServer
 from tests.conftest import MakeGateway, ServerFactory
 from tests.gateway_process import GatewayProcess
 from tests.helpers import publish_paced, read_job
@@ -130,7 +130,7 @@ async def test_client_limit_answers_503_with_retry_after(make_gateway: MakeGatew
     client = await make_gateway(max_clients=2, heartbeat_s=0.2)
     open_streams = [await client.get("/v1/jobs/limit/stream") for _ in range(2)]
     for _ in range(50):
-        if len(client.app[GATEWAY].subscribers) == 2:
+        if len(client.app[GATEWAY].hub.subscribers) == 2:
             break
         await asyncio.sleep(0.02)
     refused = await client.get("/v1/jobs/limit/stream")

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from broker import SyncPublisher
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.helpers import assert_exactly_once, assert_lines_contiguous, count_by, read_job, read_meta
 
 pytestmark = pytest.mark.slow

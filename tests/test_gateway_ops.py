@@ -8,9 +8,9 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 
 from broker import Publisher
-from gateway.app import create_app
-from gateway.context import GATEWAY
-from gateway.redis_server import RedisServer
+from gateway.api import create_app
+from gateway.api.state import GATEWAY
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.conftest import MakeGateway
 from tests.helpers import publish, stuck_client, wait_for_subscribers
@@ -36,14 +36,14 @@ async def test_half_open_client_is_reaped_and_others_are_unaffected(
         body = await asyncio.wait_for(healthy.read(), 60)
         assert len(parse(body).events) == 1501
         for _ in range(200):
-            if gw.metrics.reaped._value.get() == 1 and not gw.subscribers:
+            if gw.metrics.reaped._value.get() == 1 and not gw.hub.subscribers:
                 break
             await asyncio.sleep(0.05)
         assert gw.metrics.reaped._value.get() == 1, (
             "the client that never reads is closed after the write timeout"
         )
-        assert not gw.subscribers
-        feed = gw.fanout.feeds["ho"]
+        assert not gw.hub.subscribers
+        feed = gw.hub.rings["ho"]
         assert feed.nbytes <= gw.settings.ring_bytes
 
 
@@ -54,7 +54,7 @@ async def test_shutdown_ends_open_streams_cleanly(redis_server: RedisServer) -> 
     async with ClientSession() as session:
         resp = await session.get(server.make_url("/v1/jobs/shut/stream"))
         await asyncio.wait_for(resp.content.readuntil(b"retry: 2000\n\n"), 5)
-        assert len(app[GATEWAY].subscribers) == 1
+        assert len(app[GATEWAY].hub.subscribers) == 1
         closing = asyncio.create_task(server.close())
         rest = await asyncio.wait_for(resp.read(), 10)  # the chunked body ends properly: no error
         await closing

@@ -14,10 +14,10 @@ from aiohttp import web
 
 from broker import SyncPublisher
 from broker.keys import Keyspace
-from gateway.cli import freeze_startup_heap, serving_app
-from gateway.feed import JobFeed
+from gateway.cli.redis_server import RedisServer
+from gateway.cli.serve import freeze_startup_heap, serving_app
 from gateway.ids import ZERO
-from gateway.redis_server import RedisServer
+from gateway.live.ring import Ring
 from gateway.settings import GatewaySettings
 
 
@@ -30,7 +30,7 @@ def test_ring_items_leave_the_collector_after_one_collection(redis_server: Redis
             step.worker(f"w{i % 3}").info(f"line {i}", i=i)
         pub.job("gc").end("completed")
     raw = redis.Redis.from_url(redis_server.url).xrange(Keyspace().stream("gc"))
-    feed = JobFeed("gc", Keyspace().stream("gc"), ZERO, 10_000, 1 << 20)
+    feed = Ring("gc", Keyspace().stream("gc"), ZERO, 10_000, 1 << 20)
     assert feed.append(raw) == 201
     items = feed.after(ZERO)
     assert items is not None and len(items) == 201

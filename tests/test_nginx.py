@@ -26,8 +26,8 @@ import pytest
 import redis
 
 from broker import SyncPublisher
-from gateway.auth import mint_token
-from gateway.redis_server import RedisServer, free_port
+from gateway.api.auth import mint_token
+from gateway.cli.redis_server import RedisServer, free_port
 from tests.gateway_process import GatewayProcess
 from tests.helpers import publish_paced, read_job
 from tests.sse_client import follow_many, parse

@@ -35,10 +35,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from broker import SyncPublisher
-from gateway.app import create_app
-from gateway.auth import PUBLIC_ROUTES, mint_token
-from gateway.openapi import openapi_document
-from gateway.redis_server import RedisServer
+from gateway.api import create_app
+from gateway.api.auth import PUBLIC_ROUTES, mint_token
+from gateway.api.openapi import openapi_document
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.gateway_fixtures import *  # noqa: F403
 from tests.gateway_fixtures import Client, MakeApi, publish_job

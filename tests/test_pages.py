@@ -9,10 +9,11 @@ from typing import Any
 import redis
 
 from broker.keys import Keyspace
-from gateway.context import GATEWAY
-from gateway.feed import FRAME, SID, Pages, make_item
+from gateway.api.state import GATEWAY
+from gateway.cli.redis_server import RedisServer
 from gateway.ids import from_redis
-from gateway.redis_server import RedisServer
+from gateway.live.items import FRAME, SID, make_item
+from gateway.live.pages import Pages
 from tests.conftest import MakeGateway
 from tests.helpers import publish, read_job
 from tests.sse_client import parse
@@ -79,7 +80,7 @@ async def test_a_kept_page_never_hides_a_gap(make_gateway: MakeGateway, redis_se
     gw = client.app[GATEWAY]
     r.xtrim(key, minid=ids[100], approximate=False)  # entries 0..99 are gone
     feed_items = items_of(redis_server.url, "gap")
-    async with gw.fanout.subscribe("gap") as feed:
+    async with gw.hub.ring("gap") as feed:
         feed.pages.keep(from_redis(ids[150]), feed_items[51:100])  # a page read after entry 150
         resp = await client.get("/v1/jobs/gap/stream", headers={"Last-Event-ID": ids[10].decode()})
         buf = b""

@@ -19,7 +19,7 @@ from broker import (
     bind,
 )
 from broker.outbox import Batch
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.conftest import ServerFactory
 from tests.helpers import assert_lines_contiguous, count_by, read_job, read_meta
 

@@ -18,11 +18,13 @@ import redis
 
 from broker import Publisher, SyncPublisher
 from broker.keys import Keyspace
-from gateway.context import GATEWAY
-from gateway.feed import FRAME, SID, Batch, JobFeed, make_item
+from gateway.api.state import GATEWAY
+from gateway.cli.redis_server import RedisServer
 from gateway.ids import ZERO, from_redis
-from gateway.redis_server import RedisServer
-from gateway.subscriber import kernel_queued
+from gateway.live.frames import Batch
+from gateway.live.items import FRAME, SID, make_item
+from gateway.live.ring import Ring
+from gateway.live.sse_response import http_chunk, kernel_queued
 from tests.conftest import MakeGateway
 from tests.helpers import read_job, stuck_client, wait_for_subscribers
 from tests.sse_client import parse
@@ -51,8 +53,8 @@ def raw_entries(url: str, job: str, messages: list[str], end: bool = False) -> l
     return redis.Redis.from_url(url).xrange(Keyspace().stream(job))
 
 
-def new_feed(push_max_bytes: int = 32 * 1024) -> JobFeed:
-    return JobFeed("j", Keyspace().stream("j"), ZERO, 10_000, 1 << 20, push_max_bytes)
+def new_feed(push_max_bytes: int = 32 * 1024) -> Ring:
+    return Ring("j", Keyspace().stream("j"), ZERO, 10_000, 1 << 20, push_max_bytes)
 
 
 def test_parked_listeners_get_one_shared_batch_others_are_woken(redis_server: RedisServer) -> None:
@@ -70,7 +72,7 @@ def test_parked_listeners_get_one_shared_batch_others_are_woken(redis_server: Re
     assert (first.after, first.cursor) == (ZERO, items[1][SID])
     assert (second.after, second.cursor) == (items[1][SID], items[4][SID])
     assert second.blob == b"".join(i[FRAME] for i in items[2:])
-    assert second.chunked == b"%x\r\n" % len(second.blob) + second.blob + b"\r\n"
+    assert http_chunk(second.blob) == b"%x\r\n" % len(second.blob) + second.blob + b"\r\n"
     assert (second.events, second.ended) == (3, False)
 
 
@@ -149,7 +151,7 @@ async def test_live_clients_get_pushes_exact_bytes_in_both_framings(
             if i % 5 == 4:
                 await pub.flush()  # small appends, one read each
                 await asyncio.sleep(0.01)
-        pushes = [s.pushes for s in gw.subscribers]
+        pushes = [s.pushes for s in gw.hub.subscribers]
         await pub.job("live").end("completed")
     chunked1, chunked2, plain = await asyncio.gather(*readers)
     assert min(pushes) > 0, "live entries went out as pushes"
@@ -253,9 +255,9 @@ async def test_a_client_that_stops_reading_leaves_one_small_write_unsent(
             await pub.job("stall").end("completed")
         assert len(parse(await asyncio.wait_for(healthy.read(), 60)).events) == 3001
         await asyncio.sleep(0.5)
-        [stalled] = list(gw.subscribers)
+        [stalled] = list(gw.hub.subscribers)
         assert stalled.writing_since is not None, "it waits in a write for the client"
-        feed = gw.fanout.feeds["stall"]
+        feed = gw.hub.rings["stall"]
         frame = max(len(i[FRAME]) for i in feed.after(feed.base) or [])
         # a write stops after the frame that reaches the limit: at most one frame over it, plus framing
         assert 0 < stalled.unsent() <= 4096 + frame + 16, "one small write waits, not a chunk"
@@ -269,7 +271,7 @@ def test_clients_at_one_cursor_share_one_write_until_the_next_append(redis_serve
     assert first is not None and feed.frames_after(ZERO, 1 << 20) is first, "built once, reused"
     items = [make_item("j", i, f) for i, f in raw]
     assert first.blob == b"".join(i[FRAME] for i in items[:4]) and first.events == 4
-    assert first.chunked == b"%x\r\n" % len(first.blob) + first.blob + b"\r\n"
+    assert http_chunk(first.blob) == b"%x\r\n" % len(first.blob) + first.blob + b"\r\n"
     small = feed.frames_after(ZERO, len(items[0][FRAME]))
     assert small is not None and small.cursor == items[0][SID], "another size is another write"
     feed.append(raw[4:])
@@ -287,7 +289,7 @@ async def test_a_reader_lingers_after_a_caught_up_read(
     gw = client.app[GATEWAY]
     resp = await client.get("/v1/jobs/linger/stream")
     await wait_for_subscribers(gw, 1)
-    feed = gw.fanout.feeds["linger"]
+    feed = gw.hub.rings["linger"]
     appends: list[tuple[float, int]] = []
     first_read = asyncio.Event()
     append = feed.append

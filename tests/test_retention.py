@@ -7,7 +7,7 @@ import time
 import redis
 
 from broker import Keyspace, PublisherConfig, SyncPublisher
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.conftest import MakeGateway
 from tests.sse_client import parse
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from gateway.redis_server import free_port
+from gateway.cli.redis_server import free_port
 from gateway.settings import GatewaySettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -158,7 +158,7 @@ def test_event_loop_setting_picks_the_loop(monkeypatch: pytest.MonkeyPatch) -> N
 
     import uvloop
 
-    from gateway.cli import new_event_loop
+    from gateway.cli.serve import new_event_loop
 
     for kind, expected in (
         ("asyncio", asyncio.BaseEventLoop),

@@ -13,8 +13,8 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from broker import Publisher, SyncPublisher
-from gateway.context import GATEWAY
-from gateway.redis_server import RedisServer
+from gateway.api.state import GATEWAY
+from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.conftest import MakeGateway
 from tests.helpers import publish, read_job

@@ -26,10 +26,12 @@ from hypothesis import strategies as st
 
 from broker.constants import KIND_END, KINDS, LEVELS
 from broker.entry import Entry
-from gateway import sse
-from gateway.feed import FRAME, SID, Filter, Item, frames, gap_frame, item_of
+from gateway.cli.sse_parser import SSEParser
 from gateway.ids import StreamId, format_id
-from gateway.sse_reader import SSEParser
+from gateway.live import sse
+from gateway.live.filter import Filter
+from gateway.live.frames import frames, gap_frame
+from gateway.live.items import FRAME, SID, Item, item_of
 from tests.sse_client import parse
 
 PROPERTY = settings(max_examples=150, deadline=None)

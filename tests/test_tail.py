@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from broker import SyncPublisher
-from gateway.redis_server import RedisServer, free_port
-from gateway.sse_reader import SSEParser
+from gateway.cli.redis_server import RedisServer, free_port
+from gateway.cli.sse_parser import SSEParser
 from tests.gateway_process import GatewayProcess
 from tests.helpers import read_job
 
@@ -118,7 +118,7 @@ def test_sse_parser_handles_any_chunking(size: int) -> None:
 def test_tail_and_demo_work_when_the_gateway_requires_a_token(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    from gateway.auth import mint_token
+    from gateway.api.auth import mint_token
 
     secret = "s" * 40
     publish_slowly(redis_server.url, "secret-job", 5, pace_s=0)

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from broker import SyncPublisher
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 from tests.gateway_process import GatewayProcess
 from tests.helpers import read_meta
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from broker.codec import pack_control, unpack_totals
 from broker.keys import Keyspace
 from broker.script import WRITE_BATCH_LUA, WRITE_BATCH_SHA, Retention, write_args
-from gateway.redis_server import RedisServer
+from gateway.cli.redis_server import RedisServer
 
 SEP = "\x1f"
 KIND_LOG, KIND_STATUS, KIND_END = 0, 1, 2

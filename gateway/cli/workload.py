@@ -1,4 +1,4 @@
-"""The job-generator workload of DESIGN §9, run by worker *processes* (one SyncPublisher each).
+"""The job-generator workload of docs/design.md §9, run by worker *processes* (one SyncPublisher each).
 
 Steps run one after another; each step's workers are spread over the processes and run as
 threads there. A step's ``completed`` status is written only after every worker process of the

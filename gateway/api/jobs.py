@@ -1,11 +1,11 @@
-"""``GET /v1/jobs`` and ``GET /v1/jobs/{job}``: which jobs exist, and what one job holds (DESIGN §5).
+"""``GET /v1/jobs`` and ``GET /v1/jobs/{job}``: which jobs exist, and what one job holds (docs/design.md §5).
 
 The job index is one sorted set per partition (score = last activity in ms, member = job id), so
 the list merges all partitions in one pipelined round trip per page. Its order is (score, job id)
 descending, and the opaque cursor ``<score>:<job>`` names the last job returned: the next page
 starts strictly after it, so paging never repeats or skips a job that did not move meanwhile.
 
-Meta comes from the job's meta hash, whose counters the write script keeps exact (lesson 7): a
+Meta comes from the job's meta hash, whose counters the write script keeps exact (docs/design.md §10): a
 job's and each step's totals are one ``HGETALL``, never a scan of the stream.
 """
 
@@ -20,11 +20,11 @@ from broker.entry import check_job_id, check_status
 from broker.errors import InvalidEntry
 from broker.meta import JobMeta, StepMeta, parse_meta
 
+from ..errors import bad_request, not_found
+from ..ids import from_redis
 from .auth import AUTH, Grant
-from .context import GATEWAY, Gateway
-from .errors import bad_request, not_found
-from .ids import from_redis
 from .params import int_param, job_of
+from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The gateway's OpenAPI 3.1 document (DESIGN §5), served at ``GET /openapi.json``.
+"""The gateway's OpenAPI 3.1 document (docs/design.md §5), served at ``GET /openapi.json``.
 
 Why it is written by hand: the handlers validate their inputs with plain code (``params.py``,
 ``ids.py``, ``ingest.py``, ``broker.entry``), not with a schema library, so this module restates
@@ -17,12 +17,22 @@ from typing import Any
 
 from aiohttp import web
 
-from broker.constants import KINDS, LEVELS, MAX_FIELDS_BYTES, MAX_FIELDS_DEPTH, MAX_NAME_LEN, MAX_STATUS_LEN
+from broker.constants import (
+    JSON,
+    KINDS,
+    LEVELS,
+    MAX_FIELDS_BYTES,
+    MAX_FIELDS_DEPTH,
+    MAX_NAME_LEN,
+    MAX_SEQ,
+    MAX_STATUS_LEN,
+    NDJSON,
+)
 
+from ..settings import GatewaySettings
 from .auth import PUBLIC_ROUTES
 from .jobs import DEFAULT_LIMIT as JOBS_DEFAULT_LIMIT
 from .jobs import MAX_LIMIT as JOBS_MAX_LIMIT
-from .settings import GatewaySettings
 
 __all__ = ["openapi_document", "openapi_route"]
 
@@ -34,8 +44,7 @@ ENTRY_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"  # what Redis hands out
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # step, worker, parent, src, job name/type: no control characters
 STATUS_PATTERN = rf"^[A-Za-z0-9_.-]{{1,{MAX_STATUS_LEN}}}$"
 JOBS_CURSOR_PATTERN = r"^\d{1,19}:[A-Za-z0-9._:-]{1,128}$"  # ``<score>:<job>``, a previous ``next``
-MAX_SEQ = 2**53 - 1  # ``gateway.ingest.MAX_SEQ``: the write script compares seqs as Lua doubles
-JSON, NDJSON, SSE = "application/json", "application/x-ndjson", "text/event-stream"
+SSE = "text/event-stream"
 FILTERS = ("step", "worker", "level", "kind")
 
 ERRORS: dict[int, str] = {
@@ -151,7 +160,7 @@ def _schemas(settings: GatewaySettings) -> dict[str, Schema]:
                 "seq": _nullable(_int(1, MAX_SEQ)),
                 "fields": _nullable({"type": "object"}),
             },
-            description="One stored log entry (DESIGN §2); every key is always present.",
+            description="One stored log entry (docs/design.md §2); every key is always present.",
         ),
         "IngestEntry": _ingest_entry(settings),
         "IngestAnswer": _obj({"accepted": COUNT, "duplicates": COUNT, "ids": _array(ENTRY_ID)}),

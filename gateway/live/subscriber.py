@@ -1,94 +1,123 @@
-"""One SSE client: a cursor and a writer (DESIGN §6).
+"""One SSE client: a cursor and a writer (docs/design.md §6).
 
 While caught up, a subscriber takes every frame after its cursor from the job's ring and sends
 them in one ``write()``, then awaits the transport's drain: the client's reading speed paces it,
 never a buffer that can fill. Behind the ring, it pages from Redis with ``XRANGE`` at its own pace
 and rejoins the ring once caught up. A client that stops reading without closing is detected by
-the write timeout and its connection is closed; memory per client stays one page at most.
+the hub's watchdog and its connection is closed; memory per client stays one page at most.
 """
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
-import sys
-import termios
 import time
 
 import redis
 from aiohttp import web
 
+from broker.keys import Keyspace
+
+from ..errors import ClientGone
+from ..ids import StreamId, format_id
+from ..metrics import Metrics
+from ..redis_clients import AnyRedis
+from ..settings import GatewaySettings
+from ..storage import trimmed_since, xrange
 from . import sse
-from .context import Gateway
-from .feed import SID, Batch, Filter, Frames, Item, JobFeed, Shared, frames, gap_frame, make_item, predecessor
-from .ids import StreamId, format_id, from_redis
-from .streams import xrange
+from .filter import Filter
+from .frames import Batch, Frames, Shared, frames, gap_frame
+from .items import Item, after, make_item
+from .ring import Ring
+from .sse_response import SSEResponse
 
 log = logging.getLogger(__name__)
 _BACKED_UP_CHUNKS = 8  # this many chunks unread in the kernel: a client that stopped keeping up
 
 
-class ClientGone(Exception):
-    """The client disconnected, or stopped reading for longer than the write timeout."""
-
-
 class Subscriber:
     """Costs per write are kept off the hot path: while a subscriber is parked (caught up,
-    unfiltered, its transport empty) the feed writes each small append to it directly, from bytes
-    shared by all such clients; otherwise the feed wakes it through its own event. A watchdog (not
+    unfiltered, its transport empty) the ring writes each small append to it directly, from bytes
+    shared by all such clients; otherwise the ring wakes it through its own event. A watchdog (not
     a timer per write) reaps clients stuck in a write, and metrics are added in batches."""
 
     def __init__(
         self,
-        gw: Gateway,
-        request: web.Request,
-        resp: web.StreamResponse,
-        feed: JobFeed,
+        ring: Ring,
         flt: Filter,
         cursor: StreamId,
+        *,
+        redis: AnyRedis,
+        keyspace: Keyspace,
+        settings: GatewaySettings,
+        metrics: Metrics,
     ) -> None:
-        self.gw = gw
-        self.request = request
-        self.resp = resp
-        self.feed = feed
+        self.ring = ring
         self.filter = flt
         self.cursor = cursor
+        self.resp = SSEResponse()
         self.sent = 0
         self.writing_since: float | None = None  # loop time a pending write started (watchdog)
+        self.parked = False  # see ``push``
+        self.pushes = 0
+        self._redis = redis
+        self._keyspace = keyspace
+        self._settings = settings
+        self._metrics = metrics
         self._stopped = False
         self._wake = asyncio.Event()
         self._unreported = [0, 0, 0, 0]  # entries, bytes, writes, pushes not yet in the metrics
         self._backlog: list[Item] = []  # the rest of a page read from Redis, not yet sent
-        self.parked = False  # see ``push``
-        self.pushes = 0
         self._ended = False  # the end event went out in a push
-        self._chunked: bool | None = None  # the response's framing, known after its first write
         self._queued_at_most = 0  # the kernel send queue at the last look plus what was written since
+
+    async def serve(self, request: web.Request, initial: list[Item]) -> SSEResponse:
+        """The whole stream: headers, ``retry:``, the start (``initial`` entries of a ``tail=N``,
+        or a ``gap`` when the cursor's successors were trimmed), then live until the end."""
+        await self.resp.prepare(request)
+        try:
+            await self.write(sse.retry(self._settings.retry_ms), None)
+            if initial:
+                blob, last, ended, count = frames(initial, self.filter)  # at most replay_max_limit, once
+                await self.write(blob, last, count)
+                if ended:
+                    return self.resp
+            else:
+                first_available = await trimmed_since(self._redis, self._keyspace, self.ring.job, self.cursor)
+                if first_available is not None:
+                    frame, self.cursor = gap_frame(self.cursor, first_available)
+                    await self.write(frame, None)
+            await self.run()
+        except ClientGone:
+            pass
+        except Exception:
+            self.resp.abort()  # headers are gone: the client must see a broken stream, not an end
+            raise
+        return self.resp
 
     def wake(self) -> None:
         self._wake.set()
 
     def push(self, batch: Batch) -> None:
-        """The feed's direct write while parked. What the socket does not take at once stays in
+        """The ring's direct write while parked. What the socket does not take at once stays in
         the transport (one batch); the subscriber then leaves the park and drains it in its own
         task, where the watchdog sees it. A batch larger than a small write goes to a client
         whose kernel queue is backed up only through its own task, in small writes."""
-        transport = self.request.transport
-        if self._chunked is None or transport is None or transport.is_closing() or batch.after != self.cursor:
+        resp = self.resp
+        if not resp.framing_known or resp.closing or batch.after != self.cursor:
             self._unpark()
             return
-        if len(batch.blob) > self.gw.settings.write_buffer_bytes and self._backed_up():
+        if len(batch.blob) > self._settings.write_buffer_bytes and self._backed_up():
             self._unpark()
             return
-        size = self._write_shared(transport, batch)
+        size = resp.put_shared(batch)
         self.pushes += 1
         self._unreported[3] += 1
         self._account(size, batch.cursor, batch.events)
         if batch.ended:
             self._ended = True
             self._unpark()
-        elif transport.get_write_buffer_size():
+        elif resp.unsent():
             self._unpark()
 
     def _unpark(self) -> None:
@@ -102,15 +131,14 @@ class Subscriber:
 
     def reap(self) -> None:
         """Called by the watchdog: the client has not taken a write for ``write_timeout_s``."""
-        self.gw.metrics.reaped.inc()
+        self._metrics.reaped.inc()
         log.info(
-            "closing SSE client of %s: no progress in %ss", self.feed.job, self.gw.settings.write_timeout_s
+            "closing SSE client of %s: no progress in %ss", self.ring.job, self._settings.write_timeout_s
         )
-        if self.request.transport is not None:
-            self.request.transport.abort()
+        self.resp.abort()
 
     async def run(self) -> None:
-        self.feed.listen(self)
+        self.ring.listen(self)
         try:
             while not self._stopped and not self._ended:
                 self._wake.clear()  # before looking: an append after this wakes us
@@ -125,59 +153,49 @@ class Subscriber:
                 await self._settle(size, cursor, count)
                 if ended:
                     return
-        except ClientGone:
-            return
         finally:
             self.parked = False
-            self.feed.unlisten(self)
+            self.ring.unlisten(self)
             self.report()
 
     async def _put_due(self, due: Frames | Shared) -> int:
         """Bytes shared with other clients go to the transport as they are, already framed;
         the rest through aiohttp."""
-        if isinstance(due, Shared) and self._chunked is not None:
-            transport = self.request.transport
-            if transport is None or transport.is_closing():
-                raise ClientGone
-            return self._write_shared(transport, due)
+        if isinstance(due, Shared) and self.resp.framing_known:
+            return self.resp.put_shared(due)
         blob = due.blob
         await self._put(blob)
         return len(blob)
-
-    def _write_shared(self, transport: asyncio.WriteTransport, shared: Shared) -> int:
-        data = shared.chunked if self._chunked else shared.blob
-        transport.write(data)
-        return len(data)
 
     async def _due(self) -> Frames | Shared | None:
         """The next write, or ``None`` when there is nothing to send. What a write chunk could
         not take of a page from Redis is kept for the next write, never read and decoded twice;
         a ring slice is let go before the write waits."""
-        if not self._backlog and self.cursor == self.feed.last:
+        if not self._backlog and self.cursor == self.ring.last:
             return None
         limit = self._chunk_bytes()
         if not self._backlog and not self.filter.active:
-            shared = self.feed.frames_after(self.cursor, limit)
+            shared = self.ring.frames_after(self.cursor, limit)
             if shared is not None:
                 return shared if shared.blob else None
         paged = bool(self._backlog)
-        items = self._backlog or self.feed.after(self.cursor)
+        items = self._backlog or self.ring.after(self.cursor)
         if items is None:
             items, paged = await self._page(), True
         if not items:
             return None
         due = frames(items, self.filter, limit)
-        self._backlog = _after(items, due.cursor) if paged and due.cursor is not None else []
+        self._backlog = after(items, due.cursor) if paged and due.cursor is not None else []
         return due
 
     async def _idle(self) -> None:
-        """Wait for the feed; parked when the feed may write to us directly meanwhile. The
+        """Wait for the ring; parked when the ring may write to us directly meanwhile. The
         heartbeat goes out only when nothing else did during the wait."""
         self.report()
         pushes = self.pushes
         self.parked = self._parkable()
         try:
-            async with asyncio.timeout(self.gw.settings.heartbeat_s):
+            async with asyncio.timeout(self._settings.heartbeat_s):
                 await self._wake.wait()
         except TimeoutError:
             self.parked = False
@@ -187,27 +205,26 @@ class Subscriber:
             self.parked = False
 
     def _parkable(self) -> bool:
-        transport = self.request.transport
         return (
-            self._chunked is not None
+            self.resp.framing_known
             and not self._stopped
             and not self.filter.active
             and not self._backlog
-            and self.cursor == self.feed.last
-            and transport is not None
-            and not transport.get_write_buffer_size()
+            and self.cursor == self.ring.last
+            and not self.resp.closing
+            and not self.resp.unsent()
         )
 
     async def _page(self) -> list[Item]:
         """Entries after the cursor for a client behind the ring: from a page another lagging
         client of the job had read, else straight from Redis (and kept for the others)."""
-        pages = self.feed.pages
+        pages = self.ring.pages
         in_flight = pages.reading(self.cursor)
         if in_flight is not None:
             await in_flight.wait()
         kept = pages.after(self.cursor)
         if kept:
-            self.gw.metrics.page_hits.inc()
+            self._metrics.page_hits.inc()
             return kept
         start = self.cursor
         done = pages.begin(start)
@@ -222,25 +239,25 @@ class Subscriber:
     async def _read_page(self) -> tuple[list[Item], bytes]:
         """A page from Redis (kept for the job's other lagging clients) and, when entries after
         the cursor were trimmed, the gap event that moves the cursor past them."""
-        gw = self.gw
-        gw.metrics.pages.inc()
+        ring = self.ring
+        self._metrics.pages.inc()
         try:
             raw = await xrange(
-                gw.redis, self.feed.key, "(" + format_id(self.cursor), count=gw.settings.page_entries
+                self._redis, ring.key, "(" + format_id(self.cursor), count=self._settings.page_entries
             )
-            first_available = await trimmed_since(gw, self.feed.job, self.cursor)
+            first_available = await trimmed_since(self._redis, self._keyspace, ring.job, self.cursor)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             # Redis away: keep the client (heartbeats continue while idle) and try again later
-            log.info("paging %s from Redis failed (%s); the client waits", self.feed.job, type(e).__name__)
+            log.info("paging %s from Redis failed (%s); the client waits", ring.job, type(e).__name__)
             await asyncio.sleep(0.5)
             return [], b""
         gap = b""
         if first_available is not None:
             gap, self.cursor = gap_frame(self.cursor, first_available)
         if not raw:  # everything between the cursor and the ring was trimmed
-            return self.feed.after(self.feed.base) or [], gap
-        items = [make_item(self.feed.job, i, f) for i, f in raw]
-        self.feed.pages.keep(self.cursor, items)
+            return ring.after(ring.base) or [], gap
+        items = [make_item(ring.job, i, f) for i, f in raw]
+        ring.pages.keep(self.cursor, items)
         return items, gap
 
     async def write(self, blob: bytes, cursor: StreamId | None, count: int = 0) -> None:
@@ -252,30 +269,20 @@ class Subscriber:
         await self._settle(size, cursor, count)
 
     async def _put(self, blob: bytes) -> None:
-        """Hand ``blob`` to the transport. aiohttp's own write waits for a drain (holding the
-        data) after 64 KiB; its counter is reset here because ``_settle`` does the waiting."""
         if not blob:
             return
-        writer = self.resp._payload_writer
-        if writer is not None:
-            writer.buffer_size = 0
         self.writing_since = asyncio.get_running_loop().time()  # a big first write may still wait
         try:
-            await self.resp.write(blob)
-        except (ConnectionError, RuntimeError) as e:  # reset by peer, reaped, or transport closed
-            raise ClientGone from e
+            await self.resp.send(blob)
         finally:
             self.writing_since = None
-        self._framing()
 
     async def _settle(self, size: int, cursor: StreamId | None, count: int = 0) -> None:
         """Wait until the client has taken what was written, then account for it."""
-        if self.unsent():
+        if self.resp.unsent():
             self.writing_since = asyncio.get_running_loop().time()
             try:
-                await self._drain()
-            except (ConnectionError, RuntimeError) as e:
-                raise ClientGone from e
+                await self.resp.drain()
             finally:
                 self.writing_since = None
         if size:
@@ -298,7 +305,7 @@ class Subscriber:
         entries, size, writes, pushes = self._unreported
         if not writes:
             return
-        metrics = self.gw.metrics
+        metrics = self._metrics
         metrics.entries_sent.inc(entries)
         metrics.bytes_sent.inc(size)
         if pushes:
@@ -308,7 +315,7 @@ class Subscriber:
 
     def _chunk_bytes(self) -> int:
         """A full chunk while the client keeps up; a small one once it is backed up."""
-        s = self.gw.settings
+        s = self._settings
         return s.write_buffer_bytes if self._backed_up() else s.write_chunk_bytes
 
     def _backed_up(self) -> bool:
@@ -316,84 +323,11 @@ class Subscriber:
         so writes get small and one that stops reading leaves little unsent in the gateway.
         (Fast clients often have a chunk or two queued: that is not it.) The queue only grows by
         what we write, so the kernel is asked only once that could have reached the limit."""
-        limit = _BACKED_UP_CHUNKS * self.gw.settings.write_chunk_bytes
+        limit = _BACKED_UP_CHUNKS * self._settings.write_chunk_bytes
         if self._queued_at_most < limit:
             return False
-        self._queued_at_most = kernel_queued(self.request.transport)
+        self._queued_at_most = self.resp.kernel_queued()
         return self._queued_at_most >= limit
 
     def unsent(self) -> int:
-        transport = self.request.transport
-        return transport.get_write_buffer_size() if transport is not None else 0
-
-    def _framing(self) -> None:
-        """Pushes frame their bytes as this response does: only once aiohttp has sent the headers
-        (it holds them back until the first write), and never through compression."""
-        if self._chunked is None:
-            writer = self.resp._payload_writer
-            chunked = getattr(writer, "chunked", None)  # unknown framing: never pushed to
-            if isinstance(chunked, bool) and getattr(writer, "_compress", None) is None:
-                self._chunked = chunked
-
-    async def _drain(self) -> None:
-        # aiohttp's own write() only drains past 64 KiB of its counter; ask the writer directly
-        writer = self.resp._payload_writer
-        if writer is not None:
-            await writer.drain()
-
-
-def kernel_queued(transport: asyncio.BaseTransport | None) -> int:
-    """Bytes in the socket's kernel send queue (Linux ``SIOCOUTQ``); 0 where unknown."""
-    sock = transport.get_extra_info("socket") if transport is not None else None
-    if sock is None or _OUTQ is None:
-        return 0
-    buf = bytearray(4)
-    try:
-        fcntl.ioctl(sock.fileno(), _OUTQ, buf, True)
-    except (OSError, ValueError):
-        return 0
-    return int.from_bytes(buf, sys.byteorder)
-
-
-_OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
-
-
-def _after(items: list[Item], cursor: StreamId) -> list[Item]:
-    k = 0
-    while k < len(items) and items[k][SID] <= cursor:
-        k += 1
-    return items[k:]
-
-
-async def watchdog(gw: Gateway) -> None:
-    """Reap clients stuck in one write for longer than the write timeout (half-open connections),
-    checking a few times per timeout instead of arming a timer for every write."""
-    timeout = gw.settings.write_timeout_s
-    loop = asyncio.get_running_loop()
-    while True:
-        await asyncio.sleep(min(1.0, timeout / 4))
-        now = loop.time()
-        for sub in list(gw.subscribers):
-            started = sub.writing_since
-            if started is not None and now - started > timeout:
-                sub.writing_since = None
-                sub.reap()
-
-
-async def trimmed_since(gw: Gateway, job: str, cursor: StreamId) -> StreamId | None:
-    """The first available entry when entries after ``cursor`` were trimmed away, else ``None``.
-
-    Something was trimmed when the job's first entry ever (kept in its meta) is older than the
-    oldest entry still in the stream; the client missed some when its cursor is older too.
-    """
-    key, meta_key, _ = gw.keyspace.job_keys(job)
-    oldest = await xrange(gw.redis, key, count=1)
-    if not oldest:
-        return None
-    first_retained = from_redis(oldest[0][0])
-    if cursor >= predecessor(first_retained):  # where a gap event leaves a client: nothing missed
-        return None
-    first_ever = await gw.redis.hget(meta_key, "first_id")
-    if first_ever is None or from_redis(first_ever) >= first_retained:
-        return None
-    return first_retained
+        return self.resp.unsent()

@@ -14,11 +14,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from broker.errors import LogbrokerError
-
-
-class RedisServerError(LogbrokerError):
-    """No binary, or the server did not come up; the message says which and what to do."""
+from ..errors import RedisServerError
 
 
 def find_redis_server() -> str:

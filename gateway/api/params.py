@@ -10,8 +10,8 @@ from broker.constants import KINDS, LEVELS
 from broker.entry import check_job_id, check_name
 from broker.errors import InvalidEntry
 
-from .errors import bad_request
-from .feed import Filter
+from ..errors import bad_request
+from ..live.filter import Filter
 
 
 def job_of(request: web.Request) -> str:

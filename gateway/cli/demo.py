@@ -18,11 +18,11 @@ from aiohttp import web
 from broker import Publisher
 from broker.delivery import Backoff
 
-from .app import create_app
-from .auth import mint_token
-from .redis_server import RedisServer
-from .settings import GatewaySettings
-from .sse_reader import SSEParser
+from ..api import create_app
+from ..api.auth import mint_token
+from ..settings import GatewaySettings
+from .serve import redis_for
+from .sse_parser import SSEParser
 from .workload import StepSpec, expected_entries, run_step
 
 
@@ -72,28 +72,27 @@ def _count(report: FollowerReport, seen: set[str], entry: dict[str, object]) -> 
 
 
 async def run_demo(settings: GatewaySettings, steps: list[StepSpec], processes: int) -> int:
-    embedded = None if settings.redis_url else RedisServer(settings.data_dir / "redis").start()
-    url = settings.redis_url or (embedded.url if embedded else "")
-    runner = web.AppRunner(create_app(settings, redis_url=url))
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
-        base = f"http://{settings.host}:{settings.port}"
-        job = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-        print(
-            f"logbroker demo: watch job {job} at {base}/ (or: logbroker tail {job} --url {base})", flush=True
-        )
-        report = FollowerReport()
-        secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
-        token = mint_token(secret, jobs=job, scopes=["read"], ttl_s=86400) if secret else None
-        follower = asyncio.create_task(follow(base, job, report, token))
-        published, not_stored = await _publish(url, job, steps, processes)
-        await asyncio.wait_for(follower, 120)
-        return _report(job, steps, published, not_stored, report)
-    finally:
-        await runner.cleanup()
-        if embedded is not None:
-            embedded.stop()
+    with redis_for(settings) as url:
+        runner = web.AppRunner(create_app(settings, redis_url=url))
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, settings.host, settings.port).start()
+            return await _run(settings, url or "", steps, processes)
+        finally:
+            await runner.cleanup()
+
+
+async def _run(settings: GatewaySettings, url: str, steps: list[StepSpec], processes: int) -> int:
+    base = f"http://{settings.host}:{settings.port}"
+    job = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"logbroker demo: watch job {job} at {base}/ (or: logbroker tail {job} --url {base})", flush=True)
+    report = FollowerReport()
+    secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
+    token = mint_token(secret, jobs=job, scopes=["read"], ttl_s=86400) if secret else None
+    follower = asyncio.create_task(follow(base, job, report, token))
+    published, not_stored = await _publish(url, job, steps, processes)
+    await asyncio.wait_for(follower, 120)
+    return _report(job, steps, published, not_stored, report)
 
 
 async def _publish(url: str, job: str, steps: list[StepSpec], processes: int) -> tuple[int, int]:

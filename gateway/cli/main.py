@@ -1,29 +1,28 @@
-"""The ``logbroker`` command. ``serve`` runs a gateway; with no Redis URL configured it starts an
-embedded real redis-server (AOF in the data folder) and stops it on exit. ``tail`` follows a job."""
+"""The ``logbroker`` command: its arguments, and which command runs (docs/design.md §8).
+
+``serve`` runs a gateway (``gateway.cli.serve``); ``demo`` adds the job-generator fleet and a
+delivery report; ``tail`` follows a job; ``token`` mints a job-scoped token.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from aiohttp import web
 from pydantic import ValidationError
 
-from .app import create_app
-from .auth import RedactingAccessLogger, mint_token
+from ..api.auth import mint_token
+from ..errors import RedisServerError
+from ..settings import GatewaySettings
 from .demo import run_demo
-from .redis_server import RedisServer, RedisServerError
-from .settings import GatewaySettings
+from .serve import serve
 from .tail import Tail, TailOptions
 from .workload import job_generator
-
-log = logging.getLogger("gateway.cli")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -115,59 +114,6 @@ def settings_from(args: argparse.Namespace) -> GatewaySettings:
     names = ("host", "port", "redis_url", "data_dir")
     overrides = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
     return GatewaySettings(**overrides)
-
-
-def serve(settings: GatewaySettings) -> None:
-    embedded: RedisServer | None = None
-    url = settings.redis_url
-    if url is None and not settings.sentinels:
-        embedded = RedisServer(settings.data_dir / "redis", appendonly=True).start()
-        url = embedded.url
-        log.info("embedded redis-server %s on %s (data in %s)", embedded.binary, url, embedded.data_dir)
-    try:
-        app = serving_app(settings, url)
-        where = url or f"Sentinel master {settings.sentinel_master}"
-        print(f"logbroker gateway on http://{settings.host}:{settings.port}/ (Redis {where})", flush=True)
-        web.run_app(
-            app, loop=new_event_loop(settings.event_loop), host=settings.host, port=settings.port,
-            print=None, shutdown_timeout=5,
-            access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log
-        )  # fmt: skip
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
-
-def serving_app(settings: GatewaySettings, url: str | None) -> web.Application:
-    """The application as ``serve`` runs it in a process of its own."""
-    app = create_app(settings, redis_url=url)
-    app.on_startup.append(freeze_startup_heap)
-    return app
-
-
-async def freeze_startup_heap(app: web.Application) -> None:
-    """Move everything alive once the gateway has started (modules, classes, settings, pools:
-    ~65,000 objects) out of the collector's reach. A full collection of the process otherwise
-    walks all of them every few seconds under load, a 45-77 ms pause of every stream at once,
-    which was the p99 of fanout.py part 2; after the freeze it walks only what was made since.
-    Only ``serve`` does this: it owns the process, an embedding application owns its own heap."""
-    gc.collect()
-    gc.freeze()
-
-
-def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
-    """uvloop when asked for, or when installed and ``auto``; asyncio's own loop otherwise."""
-    if kind != "asyncio":
-        try:
-            import uvloop
-        except ImportError:
-            if kind == "uvloop":
-                raise SystemExit(
-                    "logbroker: LOGBROKER_EVENT_LOOP=uvloop but uvloop is not installed"
-                ) from None
-        else:
-            return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
 
 
 def run_demo_command(args: argparse.Namespace, settings: GatewaySettings) -> int:

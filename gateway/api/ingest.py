@@ -1,4 +1,4 @@
-"""``POST /v1/jobs/{job}/logs``: ingest for workers that are not Python (DESIGN §5).
+"""``POST /v1/jobs/{job}/logs``: ingest for workers that are not Python (docs/design.md §5).
 
 Body: a JSON array of entry objects, or NDJSON (``Content-Type: application/x-ndjson``), one object
 per line. Answer: ``200 {"accepted": n, "duplicates": m, "ids": [<stream ids stored>]}``.
@@ -7,7 +7,7 @@ Why it is built this way:
 
 * The whole request is validated (and packed) before anything is written, with the same
   ``make_draft`` the publishers use, so one bad entry is a 400 naming its index with nothing
-  stored, and every status line gets its identification here too (lesson 2).
+  stored, and every status line gets its identification here too (docs/design.md §10).
 * Writes go through the one write script, in batches of at most ``_MAX_BATCH_ENTRIES`` entries
   and ``DEFAULT_MAX_BATCH_BYTES``, **one after another, stopping at the first failure**: what is
   stored is always a prefix of the request, in order.
@@ -30,27 +30,24 @@ import redis
 from aiohttp import web
 
 from broker.codec import iso_to_ms, pack_item
-from broker.constants import DEFAULT_MAX_BATCH_BYTES
-from broker.delivery import is_retryable, write_async
+from broker.constants import DEFAULT_MAX_BATCH_BYTES, JSON, MAX_SEQ, NDJSON
+from broker.delivery import write_async
 from broker.entry import Draft, check_name, kind_number, level_number, make_draft
 from broker.errors import InvalidEntry
 from broker.outbox import Batch
 
-from .context import GATEWAY, Gateway
-from .errors import ApiError, bad_request
-from .metrics import Metrics
+from ..errors import ApiError, bad_request, redis_failure
+from ..metrics import Metrics
+from ..settings import GatewaySettings
 from .params import job_of
-from .settings import GatewaySettings
+from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
 KEYS = frozenset(
     {"msg", "level", "step", "worker", "parent", "kind", "status", "fields", "job_name", "job_type", "ts"}
     | {"src", "seq"}  # idempotency
 )
-MAX_SEQ = 2**53 - 1  # the write script compares seqs as Lua numbers (doubles): exact up to 2**53
 _MAX_BATCH_ENTRIES = 1000
 _THREAD_BODY_BYTES = 256 * 1024  # parse bigger bodies in a thread, so SSE clients are not held up
 
@@ -268,9 +265,13 @@ async def _write(gw: Gateway, job: str, batches: list[Batch]) -> tuple[list[str]
 
 def _failure(job: str, e: BaseException, stored: int, duplicates: int) -> ApiError:
     done = f"{stored} entries of this request were stored and {duplicates} were duplicates"
-    if is_retryable(e):
-        log.warning("ingest into job %s: Redis unavailable (%s); %s", job, e, done)
-        message = f"Redis is not reachable ({type(e).__name__}); {done}: retry with the same src/seq"
-        return ApiError(503, "redis_unavailable", message, {"Retry-After": "1"})
-    log.error("ingest into job %s: write refused by Redis: %s; %s", job, e, done)
-    return ApiError(500, "write_failed", f"Redis refused the write: {e}; {done}")
+    failure = redis_failure(e, done, refused_code="write_failed")
+    if failure.status == 503:
+        failure.message += " with the same src/seq"
+    log.log(
+        logging.WARNING if failure.status == 503 else logging.ERROR,
+        "ingest into %s: %s",
+        job,
+        failure.message,
+    )
+    return failure

@@ -1,10 +1,10 @@
-"""``GET /v1/jobs/{job}/logs``: replay a job's stored entries, a page at a time (DESIGN §5).
+"""``GET /v1/jobs/{job}/logs``: replay a job's stored entries, a page at a time (docs/design.md §5).
 
 The cursor is the stream id, as everywhere: ``next`` is passed back as ``after`` (ascending) or
 ``before`` (descending), both exclusive, so consecutive pages neither overlap nor leave a hole, and
-a replay page can be followed by the SSE stream with ``after=<last id>`` (lesson 5).
+a replay page can be followed by the SSE stream with ``after=<last id>`` (docs/design.md §10).
 
-Filters use the one implementation the stream uses (``gateway.feed.Filter``), including its rule
+Filters use the one implementation the stream uses (``gateway.live.filter.Filter``), including its rule
 that the job's end entry always passes: it carries the per-step totals, so a filtered download
 still ends with the numbers that prove it complete. A filtered page scans at most
 ``_MAX_SCAN_PAGES`` pages of ``page_entries`` before answering with what it found and ``next`` =
@@ -27,24 +27,23 @@ from urllib.parse import quote
 from aiohttp import web
 
 from broker.codec import decode_entry, entry_json
-from broker.constants import KINDS, LEVELS
+from broker.constants import KINDS, LEVELS, NDJSON
 from broker.entry import Entry
 from broker.errors import CodecError
 
-from .connections import AnyRedis
-from .context import GATEWAY, Gateway
-from .errors import bad_request, not_found
-from .feed import Filter, Item
-from .ids import ZERO, StreamId, format_id, parse_id
+from ..errors import bad_request, not_found
+from ..ids import MAX_ID, ZERO, format_id, parse_id
+from ..live.filter import Filter
+from ..live.items import Item
+from ..redis_clients import AnyRedis
+from ..settings import GatewaySettings
+from ..storage import RawEntry, xrange, xrevrange
 from .params import filter_of, int_param, job_of
-from .settings import GatewaySettings
-from .streams import RawEntry, xrange, xrevrange
+from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 
-NDJSON = "application/x-ndjson"
 _MAX_SCAN_PAGES = 20
-_MAX_ID: StreamId = (2**64 - 1, 2**64 - 1)
 _UNSAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -96,7 +95,7 @@ def _range_of(query: Mapping[str, str]) -> _Range:
     after = parse_id(query["after"], "after") if "after" in query else None
     before = parse_id(query["before"], "before") if "before" in query else None
     # Redis refuses an exclusive bound past either end of the id space: such a range is just empty.
-    empty = after == _MAX_ID or before == ZERO
+    empty = after == MAX_ID or before == ZERO
     lo = "-" if after is None else "(" + format_id(after)
     hi = "+" if before is None else "(" + format_id(before)
     return _Range(lo, hi, order == "desc", empty)

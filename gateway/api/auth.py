@@ -1,4 +1,4 @@
-"""Job-scoped auth (DESIGN §5): off by default, on when ``LOGBROKER_AUTH_SECRET`` is set.
+"""Job-scoped auth (docs/design.md §5): off by default, on when ``LOGBROKER_AUTH_SECRET`` is set.
 
 A token is a JWT signed with HS256 and the shared secret. Its claims say what it may do:
 
@@ -33,11 +33,11 @@ from aiohttp.abc import AbstractAccessLogger
 from aiohttp.typedefs import Middleware
 from aiohttp.web_request import BaseRequest
 
-from .errors import ApiError, Handler
+from ..errors import ApiError
+from .error_middleware import Handler
 from .params import job_of
 
 ALGORITHM = "HS256"
-MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key is at least as long as the hash (256 bits)
 SCOPES = ("read", "publish", "metrics")
 MAX_TTL_S = 366 * 24 * 3600
 # routes open without a token (health, the viewer page and its files, the API description)

@@ -14,28 +14,19 @@ middleware could touch it afterwards. Credentials (cookies) are never allowed: t
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .errors import ApiError, Handler
+from ..errors import ApiError
+from ..settings import ANY_ORIGIN as ANY
+from .error_middleware import Handler
 
 ALLOW_METHODS = "GET, POST, OPTIONS"
 ALLOW_HEADERS = "Authorization, Last-Event-ID, Content-Type"
 EXPOSE_HEADERS = "Retry-After, WWW-Authenticate"
 MAX_AGE_S = 600
-ANY = "*"
-_ORIGIN_RE = re.compile(r"https?://[a-z0-9.\-\[\]:]+")  # scheme://host[:port], no path
-
-
-def check_origin(value: str) -> str:
-    """One allow-list entry, normalised as browsers send it (lower case, no trailing slash)."""
-    origin = value.strip().lower().rstrip("/")
-    if origin != ANY and _ORIGIN_RE.fullmatch(origin) is None:
-        raise ValueError(f"a CORS origin is scheme://host[:port] (or *), got {value!r:.80}")
-    return origin
 
 
 def _allowed(request: web.BaseRequest, origins: Collection[str]) -> str | None:

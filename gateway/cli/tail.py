@@ -20,7 +20,8 @@ import aiohttp
 
 from broker.delivery import Backoff
 
-from .sse_reader import Message, SSEParser
+from ..errors import GatewayRefused
+from .sse_parser import Message, SSEParser
 
 _COLORS = {
     "debug": "\x1b[2m",
@@ -46,10 +47,6 @@ class TailOptions:
     cursor_file: Path | None = None
     color: bool = False
     token: str | None = None  # sent as a Bearer token when the gateways require auth
-
-
-class UsageError(Exception):
-    """The gateway refused the request (bad job id or parameter): retrying cannot help."""
 
 
 def format_line(entry: dict[str, Any], color: bool) -> str:
@@ -94,7 +91,7 @@ class Tail:
                 try:
                     await self._connect(http)
                     backoff.reset()
-                except UsageError as e:
+                except GatewayRefused as e:
                     print(f"logbroker tail: {e}", file=self.err)
                     return 2
                 except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
@@ -117,7 +114,7 @@ class Tail:
                 self.final_status = await self._job_status(http)
                 return
             if 400 <= resp.status < 500:
-                raise UsageError(f"{resp.status}: {(await resp.text())[:300]}")
+                raise GatewayRefused(f"{resp.status}: {(await resp.text())[:300]}")
             resp.raise_for_status()
             parser = SSEParser()
             async for chunk in resp.content.iter_any():
