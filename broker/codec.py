@@ -1,6 +1,6 @@
 """Pure functions between entries and the bytes stored in Redis.
 
-Stored layout (DESIGN §3): a stream entry has the fields ``l`` (the per-step line number, assigned
+Stored layout (docs/design.md §3): a stream entry has the fields ``l`` (the per-step line number, assigned
 by the write script) and ``b`` (the body: a msgpack array, positions below), plus ``t`` (totals,
 packed by the script) on end entries. The job id is the key; the stream id is the entry id.
 
@@ -218,7 +218,7 @@ def unpack_totals(raw: bytes) -> dict[str, Any]:
 
 
 def decode_entry(job: str, entry_id: str, fields: Mapping[bytes, bytes]) -> Entry:
-    """A stored stream entry as the JSON-ready dict of DESIGN §2."""
+    """A stored stream entry as the JSON-ready dict of docs/design.md §2."""
     try:
         raw_body = fields[STREAM_FIELD_BODY]
         line = int(fields[STREAM_FIELD_LINE])

@@ -31,7 +31,7 @@ KIND_NAMES: Final[dict[int, str]] = {v: k for k, v in KINDS.items()}
 JSON: Final = "application/json"
 NDJSON: Final = "application/x-ndjson"  # one entry per line: ingest bodies and replay downloads
 
-# --- Redis layout (DESIGN §3) ---
+# --- Redis layout (docs/design.md §3) ---
 DEFAULT_KEY_PREFIX: Final = "logbroker"
 DEFAULT_PARTITIONS: Final = 16
 STREAM_FIELD_LINE: Final = b"l"
@@ -65,12 +65,12 @@ META_FIRST: Final = "first"
 META_LAST: Final = "last"
 META_SEQ: Final = "seq"  # a publisher's last stored seq
 
-# --- Retention (DESIGN §3) ---
+# --- Retention (docs/design.md §3) ---
 DEFAULT_STREAM_MAXLEN: Final = 1_000_000
 DEFAULT_ENDED_TTL_S: Final = 7 * 24 * 3600
 DEFAULT_IDLE_TTL_S: Final = 30 * 24 * 3600
 
-# --- Publisher (DESIGN §4) ---
+# --- Publisher (docs/design.md §4) ---
 DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 DEFAULT_MAX_BATCH_ENTRIES: Final = 1000
 DEFAULT_MAX_BATCH_BYTES: Final = 1024 * 1024

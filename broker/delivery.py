@@ -36,7 +36,7 @@ from .script import (
 
 log = logging.getLogger(__name__)
 Outcome = WriteResult | BaseException
-# A plain client or a Redis Cluster one: every write touches one job, so one slot (DESIGN §3)
+# A plain client or a Redis Cluster one: every write touches one job, so one slot (docs/design.md §3)
 AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 SyncRedis = redis.Redis | redis.cluster.RedisCluster
 

@@ -1,8 +1,8 @@
 """Validation of everything that identifies or describes an entry, at write time.
 
-Lesson 3 of the system we replace: logs landed under the wrong job and a missing step name
-rendered as ``<nil>``. Here an entry that cannot be identified is refused before it is queued,
-with an :class:`~broker.errors.InvalidEntry` that names the offending field.
+In the system logbroker replaces, logs landed under the wrong job and a missing step name rendered
+as ``<nil>`` (docs/design.md §10.3). Here an entry that cannot be identified is refused before it
+is queued, with an :class:`~broker.errors.InvalidEntry` that names the offending field.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ _KNOWN_NAMES_MAX = 50_000
 
 
 class Entry(TypedDict):
-    """The JSON shape clients receive (DESIGN §2); every key is always present."""
+    """The JSON shape clients receive (docs/design.md §2); every key is always present."""
 
     id: str
     job: str
@@ -221,7 +221,7 @@ def make_draft(
     max_message_bytes: int,
 ) -> Draft:
     """Every check of an entry, and the one place where a status line gets its identification
-    (lesson 2): whoever writes a status or end entry, publisher or ingest, goes through here."""
+    (docs/design.md §10.2): whoever writes a status or end entry, publisher or ingest, goes through here."""
     s, w, p = check_identity(step, worker, parent)
     name = check_name("job_name", job_name)
     type_ = check_name("job_type", job_type)
@@ -260,7 +260,8 @@ def _describe(
 def status_line(
     status: str, job: str, job_name: str | None, job_type: str | None, step: str | None, worker: str | None
 ) -> str:
-    """The identifying status line (lesson 2): every status change says which job/step/worker changed."""
+    """The identifying status line (docs/design.md §10.2): every status change names its job,
+    step and worker."""
     return f"Status changed: {status} ({_describe(job, job_name, job_type, step, worker)})"
 
 

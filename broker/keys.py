@@ -1,4 +1,4 @@
-"""Redis key names (DESIGN §3): every key of a job shares the hash tag of its partition.
+"""Redis key names (docs/design.md §3): every key of a job shares the hash tag of its partition.
 
 A job lives in partition ``crc32(job) % partitions``; its stream, its meta hash and the
 partition's job index share the tag ``{p<n>}``, so one Lua call touches them all, in one

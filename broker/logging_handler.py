@@ -4,9 +4,9 @@ Existing code keeps calling ``log.info(...)``; who is logging comes from ``bind(
 so it follows threads' and asyncio tasks' own context), from a :class:`JobLoggerAdapter`, or
 from ``extra={"job": ..., "step": ..., "worker": ...}``.
 
-Lesson 6 (self-feeding loops): records from logbroker's own loggers, from redis-py, or emitted
-on a publisher's sender thread are never published, so no log call inside the pipeline can
-produce an entry.
+No feedback loops (docs/design.md §10.6): records from logbroker's own loggers, from redis-py, or
+emitted on a publisher's sender thread are never published, so no log call inside the pipeline
+can produce an entry.
 """
 
 from __future__ import annotations

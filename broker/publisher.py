@@ -1,7 +1,7 @@
 """The asyncio publisher: ``await`` to publish, backpressure by awaiting, one sender task.
 
 The sender task writes whatever is queued whenever the previous write has returned, so batches
-grow with load and an idle publisher adds no delay (lesson 7: no artificial batching delay).
+grow with load and an idle publisher adds no delay (docs/design.md §10.7: no artificial batching delay).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The write script: its text, its arguments and its reply, shared by every caller.
 
 Publishers (async and sync) and the gateway's ingest route all write through here, so the
-idempotency and line-number rules of DESIGN §3 exist exactly once.
+idempotency and line-number rules of docs/design.md §3 exist exactly once.
 """
 
 from __future__ import annotations

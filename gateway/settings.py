@@ -80,7 +80,7 @@ class GatewaySettings(BaseSettings):
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_ingest_entries: int = Field(10_000, ge=1)
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=256)
-    # retention applied to what the gateway ingests (DESIGN §3)
+    # retention applied to what the gateway ingests (docs/design.md §3)
     stream_maxlen: int = Field(DEFAULT_STREAM_MAXLEN, ge=0)
     idle_ttl_s: int = Field(DEFAULT_IDLE_TTL_S, ge=0)
     ended_ttl_s: int = Field(DEFAULT_ENDED_TTL_S, ge=0)

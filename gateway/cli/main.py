@@ -28,13 +28,13 @@ from .workload import job_generator
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="logbroker", description="Redis-backed distributed log broker")
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run a gateway (embedded Redis when no URL is configured)")
-    serve.add_argument("--host", help="listen address (LOGBROKER_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="listen port (LOGBROKER_PORT, default 8080)")
-    serve.add_argument(
+    serve_cmd = sub.add_parser("serve", help="run a gateway (embedded Redis when no URL is configured)")
+    serve_cmd.add_argument("--host", help="listen address (LOGBROKER_HOST, default 127.0.0.1)")
+    serve_cmd.add_argument("--port", type=int, help="listen port (LOGBROKER_PORT, default 8080)")
+    serve_cmd.add_argument(
         "--redis-url", help="use this Redis (LOGBROKER_REDIS_URL); unset: embedded redis-server"
     )
-    serve.add_argument(
+    serve_cmd.add_argument(
         "--data-dir", help="embedded Redis data folder (LOGBROKER_DATA_DIR, default ./.logbroker)"
     )
     demo = sub.add_parser(

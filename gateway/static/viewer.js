@@ -1,7 +1,7 @@
 "use strict";
 // logbroker's web log viewer: no build step, no framework. One EventSource per job page, one
-// cursor shared by the initial load and the live stream (lesson 5), rendering batched per frame
-// and at most MAX_LINES lines per step panel in the DOM (lesson 9).
+// cursor shared by the initial load and the live stream (docs/design.md §10.5), rendering batched per frame
+// and at most MAX_LINES lines per step panel in the DOM (docs/design.md §10.9).
 
 const MAX_LINES = 500;
 const MAX_LOADED = 5000;
