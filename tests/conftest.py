@@ -1,23 +1,19 @@
-"""Fixtures that own their teardown: real redis-server processes on free ports."""
+"""Fixtures that own their teardown: real redis-server processes on free ports, and in-process
+gateways on them. Their types are in tests/support/fixture_types.py."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from gateway.api import create_app
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-
-ServerFactory = Callable[..., RedisServer]
-AiohttpClient = Callable[[web.Application], Awaitable[TestClient[Any, Any]]]
-MakeGateway = Callable[..., Awaitable[TestClient[Any, Any]]]
+from tests.support.fixture_types import AiohttpClient, Client, MakeGateway, ServerFactory
 
 
 @pytest.fixture
@@ -48,7 +44,15 @@ def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def make_gateway(redis_server: RedisServer, aiohttp_client: AiohttpClient) -> MakeGateway:
-    async def make(**settings: Any) -> TestClient[Any, Any]:
+    """An in-process gateway on ``redis_server``, settings overridden by keyword (``page_entries=7``...)."""
+
+    async def make(**settings: Any) -> Client:
         return await aiohttp_client(create_app(GatewaySettings(redis_url=redis_server.url, **settings)))
 
     return make
+
+
+@pytest.fixture
+async def api(make_gateway: MakeGateway) -> Client:
+    """A gateway with the default settings."""
+    return await make_gateway()

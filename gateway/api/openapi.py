@@ -3,7 +3,7 @@
 Why it is written by hand: the handlers validate their inputs with plain code (``params.py``,
 ``ids.py``, ``ingest.py``, ``broker.entry``), not with a schema library, so this module restates
 those rules as JSON Schema, importing every limit and name list from where the handlers take it.
-``tests/test_openapi.py`` keeps the two honest: each registered route is documented (and only
+``tests/gateway/api/test_openapi.py`` keeps the two honest: each registered route is documented (and only
 those), real answers validate against the schemas, and schemathesis fuzzes a live gateway from
 this document. ``openapi_document`` is a pure function of the settings, so the configurable limits
 (replay page size, entries per ingest request) are the ones this gateway applies.

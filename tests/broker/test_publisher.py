@@ -20,8 +20,8 @@ from broker import (
 )
 from broker.outbox import Batch
 from gateway.cli.redis_server import RedisServer
-from tests.conftest import ServerFactory
-from tests.helpers import assert_lines_contiguous, count_by, read_job, read_meta
+from tests.support.fixture_types import ServerFactory
+from tests.support.helpers import assert_lines_contiguous, count_by, read_job, read_meta
 
 
 async def test_status_lines_name_job_type_step_and_worker(

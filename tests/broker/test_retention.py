@@ -8,8 +8,8 @@ import redis
 
 from broker import Keyspace, PublisherConfig, SyncPublisher
 from gateway.cli.redis_server import RedisServer
-from tests.conftest import MakeGateway
-from tests.sse_client import parse
+from tests.support.fixture_types import MakeGateway
+from tests.support.sse_client import parse
 
 
 def test_stream_cap_trims_old_entries_but_counts_stay_exact(

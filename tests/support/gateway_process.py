@@ -13,8 +13,7 @@ from typing import BinaryIO
 import httpx
 
 from gateway.cli.redis_server import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 class GatewayProcess:

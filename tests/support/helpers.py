@@ -1,18 +1,18 @@
-"""Reading a job back the way a client would, to check counts, order and identity."""
+"""Reading a job back the way a client would, to check counts, order and identity; reading the
+gateway's answers (errors, subscribers); a client that never reads."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import redis
 
-from broker import Entry, Keyspace, SyncPublisher, decode_entry, parse_meta
+from broker import Entry, Keyspace, decode_entry, parse_meta
 from broker.meta import JobMeta
 
 
@@ -61,27 +61,14 @@ def count_by(entries: list[Entry], *keys: str) -> dict[Any, int]:
     return dict(counts)
 
 
-def publish(
-    url: str, job: str, n: int, *, end: bool = True, step_of: Callable[[int], str] | None = None
-) -> None:
-    with SyncPublisher(url) as pub:
-        handle = pub.job(job, name="SSE", type="manager")
-        for i in range(n):
-            step = step_of(i) if step_of else "s"
-            handle.step(step).worker(f"w{i % 3}").log("warning" if i % 5 == 0 else "info", f"entry {i}", i=i)
-        if end:
-            handle.end("completed")
-
-
-def publish_paced(url: str, job: str, n: int, pace_s: float, name: str = "Paced") -> None:
-    """``n`` entries over 5 workers, sleeping ``pace_s`` every 50, then the end entry."""
-    with SyncPublisher(url) as pub:
-        step = pub.job(job, name=name).step("s")
-        for i in range(n):
-            step.worker(f"w{i % 5}").info(f"entry {i}", i=i)
-            if pace_s and i % 50 == 0:
-                time.sleep(pace_s)
-        pub.job(job).end("completed")
+async def error_of(resp: Any, status: int) -> dict[str, str]:
+    """The ``error`` object of a JSON error answer, after checking its status and media type."""
+    body = await resp.text()
+    assert resp.status == status, body
+    assert resp.content_type == "application/json", body
+    error: dict[str, str] = (await resp.json())["error"]
+    assert set(error) == {"code", "message"} and error["message"]
+    return error
 
 
 async def wait_for_subscribers(gw: Any, n: int, *, parked: bool = False, timeout_s: float = 4.0) -> None:

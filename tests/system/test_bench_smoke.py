@@ -10,12 +10,12 @@ import json
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
+
 SCRIPT = ROOT / "benchmarks" / "publish.py"
 KEYS = (
     "date",

@@ -16,9 +16,9 @@ from redis.cluster import RedisCluster
 from broker import Keyspace, PublisherConfig, SyncPublisher
 from gateway.api import create_app
 from gateway.settings import GatewaySettings
-from tests.cluster import RedisClusterProcesses
-from tests.conftest import AiohttpClient
-from tests.sse_client import parse
+from tests.support.cluster import RedisClusterProcesses
+from tests.support.fixture_types import AiohttpClient
+from tests.support.sse_client import parse
 
 pytestmark = pytest.mark.slow
 JOBS, ENTRIES = 12, 400

@@ -5,100 +5,44 @@ every claim the deployment makes about the code is checked against the code itse
 ``logbroker`` command line parses with the real CLI parser, each ``LOGBROKER_*`` name is a
 settings field (the settings ignore unknown names, so a typo would otherwise go unnoticed) and the
 values validate, the ports agree between gateways, nginx's upstreams and the published port, and
-the image's entrypoint is the console script pyproject.toml declares. The rendering helpers at
-the top are shared with tests/test_nginx.py, which runs the same template in a real nginx.
+the image's entrypoint is the console script pyproject.toml declares. The rendering helpers are
+in tests/support/compose.py, shared with tests/system/test_nginx.py, which runs the same template
+in a real nginx.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
-from gateway.cli import main as cli
+from gateway.cli.main import _parser, settings_from
 from gateway.settings import GatewaySettings
+from tests.support.compose import (
+    SERVER_LINE,
+    TEMPLATE_SUFFIX,
+    TEMPLATES_DIR,
+    envsubst,
+    load_compose,
+    nginx_service,
+    nginx_template,
+    substituted_env,
+    upstream_servers,
+)
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 PREFIX = "LOGBROKER_"
-TEMPLATES_DIR = "/etc/nginx/templates/"
-TEMPLATE_SUFFIX = ".template"  # the nginx image's NGINX_ENVSUBST_TEMPLATE_SUFFIX default
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-SERVER_LINE = re.compile(r"server\s+([^\s;]+)([^;]*);")
-
-
-# --- shared with tests/test_nginx.py -----------------------------------------------------------
-
-
-def load_compose() -> dict[str, Any]:
-    data = yaml.safe_load(COMPOSE.read_text())
-    assert isinstance(data, dict)
-    return data
-
-
-def nginx_service(compose: Mapping[str, Any]) -> dict[str, Any]:
-    found = [s for s in compose["services"].values() if str(s.get("image", "")).startswith("nginx:")]
-    assert len(found) == 1, "exactly one service runs the official nginx image"
-    service: dict[str, Any] = found[0]
-    return service
-
-
-def nginx_template(compose: Mapping[str, Any]) -> tuple[Path, str]:
-    """The template file the nginx service mounts and the path the image renders it from."""
-    for volume in nginx_service(compose).get("volumes", []):
-        source, target, *_ = str(volume).split(":")
-        if target.startswith(TEMPLATES_DIR) and target.endswith(TEMPLATE_SUFFIX):
-            return (ROOT / source).resolve(), target
-    raise AssertionError(f"the nginx service mounts no {TEMPLATES_DIR}*{TEMPLATE_SUFFIX}")
-
-
-def envsubst(text: str, values: Mapping[str, str]) -> str:
-    """What ``envsubst '${A} ${B}'`` does: replace ``$NAME`` and ``${NAME}`` for the listed names
-    only, so nginx's own ``$variables`` pass through untouched."""
-    if not values:
-        return text
-    names = "|".join(re.escape(name) for name in values)
-    pattern = re.compile(r"\$(?:\{(" + names + r")\}|(" + names + r")(?![A-Za-z0-9_]))")
-    return pattern.sub(lambda m: values[m[1] or m[2]], text)
-
-
-def substituted_env(env: Mapping[str, str]) -> dict[str, str]:
-    """The names the nginx image's entrypoint hands to envsubst: every variable whose name matches
-    NGINX_ENVSUBST_FILTER (an awk ``~`` match, i.e. a regex search; empty: all)."""
-    pattern = re.compile(env.get("NGINX_ENVSUBST_FILTER", ""))
-    return {name: value for name, value in env.items() if pattern.search(name)}
-
-
-def render_nginx_conf(gateways: Mapping[str, str], listen_port: int) -> str:
-    """deploy/nginx.conf rendered from the compose nginx service's own environment, with each
-    compose upstream (``gateway1:8080``) moved to a test address (``127.0.0.1:PORT``) and nginx
-    listening on ``listen_port``: the failover parameters stay exactly those of the deployment."""
-    compose = load_compose()
-    env = {k: str(v) for k, v in nginx_service(compose)["environment"].items()}
-    servers = upstream_servers(env["GATEWAY_UPSTREAMS"])
-    assert set(gateways) == set(servers), f"compose upstreams are {sorted(servers)}"
-    env["GATEWAY_UPSTREAMS"] = SERVER_LINE.sub(
-        lambda m: f"server {gateways[m[1]]}{m[2]};", env["GATEWAY_UPSTREAMS"]
-    )
-    env["LISTEN_PORT"] = str(listen_port)
-    path, _ = nginx_template(compose)
-    return envsubst(path.read_text(), substituted_env(env))
-
-
-def upstream_servers(value: str) -> list[str]:
-    """``host:port`` of every ``server`` line in a GATEWAY_UPSTREAMS value."""
-    return [m[1] for m in SERVER_LINE.finditer(value)]
 
 
 # --- reading the files ---------------------------------------------------------------------------
@@ -156,20 +100,21 @@ def container_argv(service: Mapping[str, Any]) -> list[str]:
 def parse_cli(argv: list[str]) -> argparse.Namespace:
     """The real ``logbroker`` parser; argparse's exit becomes a test failure naming the line."""
     try:
-        return cli._parser().parse_args(argv)
+        return _parser().parse_args(argv)
     except SystemExit as e:
         raise AssertionError(f"`logbroker {' '.join(argv)}` is refused by the CLI parser") from e
 
 
 def settings_for(service: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> GatewaySettings:
     """The settings the container's process would build: image ENV, then the service's
-    environment, then the command-line flags (cli.settings_from), with nothing from this machine."""
+    environment, then the command-line flags (gateway.cli.main.settings_from), with nothing from
+    this machine."""
     for name in [n for n in os.environ if n.startswith(PREFIX)]:
         monkeypatch.delenv(name)
     for name, value in {**dockerfile_env(), **service_env(service)}.items():
         if name.startswith(PREFIX):
             monkeypatch.setenv(name, value)
-    return cli.settings_from(parse_cli(container_argv(service)[1:]))
+    return settings_from(parse_cli(container_argv(service)[1:]))
 
 
 def healthcheck_url(service: Mapping[str, Any]) -> str:
@@ -322,7 +267,8 @@ def test_the_image_runs_the_declared_console_script() -> None:
     scripts = project["scripts"]
     assert dockerfile_exec("ENTRYPOINT") == ["logbroker"] and "logbroker" in scripts
     module, _, function = scripts["logbroker"].partition(":")
-    assert (module, function) == ("gateway.cli", "main") and callable(cli.main)
+    assert (module, function) == ("gateway.cli", "main")
+    assert callable(getattr(importlib.import_module(module), function)), "the console script resolves"
     assert parse_cli(dockerfile_exec("CMD")).command == "serve"
     steps = dockerfile()
     base = next(rest for name, rest in steps if name == "FROM")

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from gateway.cli.redis_server import free_port
+from tests.support.paths import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--no-slow-step", "--speed", "20", "--logs", "0.2", "--fan-out", "50"]
 
 

@@ -20,10 +20,10 @@ from broker import Keyspace, PublisherConfig, SyncPublisher, decode_entry
 from gateway.api import create_app
 from gateway.cli.redis_server import RedisServer, find_redis_server, free_port
 from gateway.settings import GatewaySettings
-from tests.cluster import RedisClusterProcesses
-from tests.conftest import AiohttpClient
-from tests.helpers import assert_exactly_once, read_job
-from tests.sse_client import parse
+from tests.support.cluster import RedisClusterProcesses
+from tests.support.fixture_types import AiohttpClient
+from tests.support.helpers import assert_exactly_once, read_job
+from tests.support.sse_client import parse
 
 pytestmark = pytest.mark.slow
 ENTRIES, THREADS = 3000, 3

@@ -14,9 +14,9 @@ import redis
 
 from broker import SyncPublisher
 from gateway.cli.redis_server import RedisServer
-from tests.gateway_process import GatewayProcess
-from tests.helpers import read_job
-from tests.sse_client import follow
+from tests.support.gateway_process import GatewayProcess
+from tests.support.helpers import read_job
+from tests.support.sse_client import follow
 
 pytestmark = pytest.mark.slow
 WORKERS, PROCESSES, ENTRIES = 301, 4, 50

@@ -14,9 +14,9 @@ import pytest
 import redis
 
 from broker import Publisher, PublisherConfig, SyncPublisher
-from tests.chaos_proxy import ChaosProxy
-from tests.conftest import ServerFactory
-from tests.helpers import assert_exactly_once, assert_lines_contiguous, read_job, read_meta
+from tests.support.chaos_proxy import ChaosProxy
+from tests.support.fixture_types import ServerFactory
+from tests.support.helpers import assert_exactly_once, assert_lines_contiguous, read_job, read_meta
 
 pytestmark = pytest.mark.slow
 FAST_FAIL = PublisherConfig(socket_timeout_s=1.0, connect_timeout_s=0.5)

@@ -20,10 +20,12 @@ import redis
 
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
-from tests.conftest import MakeGateway, ServerFactory
-from tests.gateway_process import GatewayProcess
-from tests.helpers import publish_paced, read_job
-from tests.sse_client import follow_many, parse
+from tests.support.fixture_types import MakeGateway, ServerFactory
+from tests.support.gateway_process import GatewayProcess
+from tests.support.helpers import read_job
+from tests.support.jobs import publish_paced
+from tests.support.paths import ROOT
+from tests.support.sse_client import follow_many, parse
 
 pytestmark = pytest.mark.slow
 
@@ -110,14 +112,14 @@ def test_publisher_killed_mid_batch_resumes_with_the_same_src(
     server = redis_server_factory(appendonly=True, appendfsync="always")
     confirmed = tmp_path / "confirmed"
     cmd = [sys.executable, "-c", WORKER, server.url, "sk", "5000", str(confirmed)]
-    first = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parent.parent)
+    first = subprocess.Popen(cmd, cwd=ROOT)
     deadline = time.monotonic() + 60
     while (not confirmed.exists() or len(confirmed.read_text().split()) < 10) and time.monotonic() < deadline:
         time.sleep(0.005)
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     confirmed_before_kill = [int(x) for x in confirmed.read_text().split()]
-    second = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    second = subprocess.run(cmd, cwd=ROOT, timeout=120)
     assert second.returncode == 0
     entries = read_job(redis.Redis.from_url(server.url), "sk")
     items = [e["fields"]["i"] for e in entries]  # type: ignore[index]

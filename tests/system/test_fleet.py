@@ -15,7 +15,7 @@ import redis
 
 from broker import SyncPublisher
 from gateway.cli.redis_server import RedisServer
-from tests.helpers import assert_exactly_once, assert_lines_contiguous, count_by, read_job, read_meta
+from tests.support.helpers import assert_exactly_once, assert_lines_contiguous, count_by, read_job, read_meta
 
 pytestmark = pytest.mark.slow
 PROCESSES, WORKERS, ENTRIES = 8, 40, 500

@@ -28,10 +28,11 @@ import redis
 from broker import SyncPublisher
 from gateway.api.auth import mint_token
 from gateway.cli.redis_server import RedisServer, free_port
-from tests.gateway_process import GatewayProcess
-from tests.helpers import publish_paced, read_job
-from tests.sse_client import follow_many, parse
-from tests.test_compose import render_nginx_conf
+from tests.support.compose import render_nginx_conf
+from tests.support.gateway_process import GatewayProcess
+from tests.support.helpers import read_job
+from tests.support.jobs import publish_paced
+from tests.support.sse_client import follow_many, parse
 
 NGINX = shutil.which("nginx")
 # Debian's nginx creates its temp folders under /var/lib/nginx at start; only root may, unless

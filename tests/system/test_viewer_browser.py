@@ -17,11 +17,12 @@ import redis
 
 from broker import SyncPublisher
 from gateway.cli.redis_server import RedisServer
-from tests.gateway_process import GatewayProcess
-from tests.helpers import read_meta
+from tests.support.gateway_process import GatewayProcess
+from tests.support.helpers import read_meta
+from tests.support.paths import ROOT
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)"),

@@ -17,9 +17,8 @@ from broker.delivery import Outcome, write_async
 from broker.outbox import Batch
 from broker.script import Retention
 from gateway.cli.redis_server import RedisServer
-from tests.gateway_fixtures import *  # noqa: F403
-from tests.gateway_fixtures import Client, MakeApi, error_of
-from tests.helpers import assert_exactly_once, assert_lines_contiguous, read_job, read_meta
+from tests.support.fixture_types import Client, MakeGateway
+from tests.support.helpers import assert_exactly_once, assert_lines_contiguous, error_of, read_job, read_meta
 
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
@@ -172,9 +171,9 @@ async def test_one_bad_entry_rejects_the_whole_request(
 
 
 async def test_a_body_over_the_size_limit_is_413_and_stores_nothing(
-    redis_client: redis.Redis, make_api: MakeApi
+    redis_client: redis.Redis, make_gateway: MakeGateway
 ) -> None:
-    api = await make_api(max_body_bytes=1024)
+    api = await make_gateway(max_body_bytes=1024)
     small = [{"msg": "x" * 100}]
     assert (await post(api, "small", small))["accepted"] == 1
     big = [{"msg": "x" * 100} for _ in range(20)]
@@ -184,8 +183,8 @@ async def test_a_body_over_the_size_limit_is_413_and_stores_nothing(
     assert await metric(api, "logbroker_ingest_requests_total", 'status="413"') == 1
 
 
-async def test_too_many_entries_is_413(redis_client: redis.Redis, make_api: MakeApi) -> None:
-    api = await make_api(max_ingest_entries=3)
+async def test_too_many_entries_is_413(redis_client: redis.Redis, make_gateway: MakeGateway) -> None:
+    api = await make_gateway(max_ingest_entries=3)
     assert (await post(api, "three", [{"msg": "m"}] * 3))["accepted"] == 3
     for data, headers in (
         (json.dumps([{"msg": "m"}] * 4).encode(), {"Content-Type": "application/json"}),

@@ -13,20 +13,16 @@ import redis
 
 from broker import Keyspace, SyncPublisher
 from gateway.cli.redis_server import RedisServer
-from tests.gateway_fixtures import *  # noqa: F403
-from tests.gateway_fixtures import Client, error_of, publish_job
-from tests.helpers import count_by, read_job
+from tests.support.fixture_types import Client
+from tests.support.helpers import count_by, error_of, read_job
+from tests.support.jobs import Line, publish_job, publish_steps
 
 
 def touch(url: str, job: str, status: str | None = None, *, name: str | None = None) -> None:
     """One write to ``job``: a job-level status change (or a log line), then a pause, so that the
     next write lands in a later millisecond and the activity order is unambiguous."""
-    with SyncPublisher(url) as pub:
-        handle = pub.job(job, name=name or f"Job {job}", type="test")
-        if status is None:
-            handle.info("tick")
-        else:
-            handle.status(status)
+    line = Line("tick") if status is None else Line(status=status)
+    publish_job(url, job, [line], name=name or f"Job {job}", type_="test", end=None)
     time.sleep(0.003)
 
 
@@ -160,7 +156,7 @@ async def test_job_meta_per_step_totals_equal_the_stream(
     redis_server: RedisServer, redis_client: redis.Redis, api: Client
 ) -> None:
     steps = {"zeta": (2, 11), "alpha": (3, 7), "mid": (1, 5)}  # first_id order is not name order
-    publish_job(redis_server.url, "mgr-1", steps, name="Generator", type_="manager")
+    publish_steps(redis_server.url, "mgr-1", steps, name="Generator", type_="manager")
     entries = read_job(redis_client, "mgr-1")
     resp = await api.get("/v1/jobs/mgr-1")
     assert resp.status == 200

@@ -14,9 +14,9 @@ import redis
 from broker import Entry, SyncPublisher
 from broker.constants import LEVELS
 from gateway.cli.redis_server import RedisServer
-from tests.gateway_fixtures import *  # noqa: F403
-from tests.gateway_fixtures import Client, MakeApi, error_of, publish_job
-from tests.helpers import read_job, read_meta
+from tests.support.fixture_types import Client, MakeGateway
+from tests.support.helpers import error_of, read_job, read_meta
+from tests.support.jobs import publish_steps
 
 STEPS = {"build": (2, 9), "test": (3, 6)}
 
@@ -128,11 +128,11 @@ async def test_after_and_before_bound_the_range_exclusively(redis_server: RedisS
 
 
 async def test_filters_over_pages_return_every_match_once(
-    redis_server: RedisServer, redis_client: redis.Redis, make_api: MakeApi
+    redis_server: RedisServer, redis_client: redis.Redis, make_gateway: MakeGateway
 ) -> None:
-    publish_job(redis_server.url, "j", STEPS)
+    publish_steps(redis_server.url, "j", STEPS)
     entries = read_job(redis_client, "j")
-    api = await make_api(page_entries=7)
+    api = await make_gateway(page_entries=7)
     for order in ("asc", "desc"):
         got, _ = await walk(api, "j", "&step=test&level=warning&limit=3", order)
         expected = ids(wanted(entries, "test", "warning"))
@@ -147,13 +147,13 @@ async def test_filters_over_pages_return_every_match_once(
 
 
 async def test_a_sparse_filter_answers_after_the_scan_cap_and_the_client_continues(
-    redis_server: RedisServer, redis_client: redis.Redis, make_api: MakeApi
+    redis_server: RedisServer, redis_client: redis.Redis, make_gateway: MakeGateway
 ) -> None:
     with SyncPublisher(redis_server.url) as pub:
         job = pub.job("sparse")
         for i in range(300):
             job.step("rare" if i in (5, 150, 299) else "common").info(f"line {i}")
-    api = await make_api(page_entries=4)  # 20 pages of 4 = 80 entries scanned per request at most
+    api = await make_gateway(page_entries=4)  # 20 pages of 4 = 80 entries scanned per request at most
     first = await (await api.get("/v1/jobs/sparse/logs?step=rare&limit=10")).json()
     assert [e["msg"] for e in first["entries"]] == ["line 5"]
     stored = read_job(redis_client, "sparse")
@@ -167,10 +167,10 @@ async def test_a_sparse_filter_answers_after_the_scan_cap_and_the_client_continu
 
 
 async def test_ndjson_download_of_one_step_is_complete(
-    redis_server: RedisServer, redis_client: redis.Redis, make_api: MakeApi
+    redis_server: RedisServer, redis_client: redis.Redis, make_gateway: MakeGateway
 ) -> None:
-    publish_job(redis_server.url, "mgr:7", {"build": (2, 40), "test": (4, 30)})
-    api = await make_api(page_entries=16)
+    publish_steps(redis_server.url, "mgr:7", {"build": (2, 40), "test": (4, 30)})
+    api = await make_gateway(page_entries=16)
     resp = await api.get("/v1/jobs/mgr:7/logs?step=test", headers={"Accept": "application/x-ndjson"})
     assert resp.status == 200
     assert resp.content_type == "application/x-ndjson"

@@ -27,9 +27,10 @@ from broker import SyncPublisher
 from gateway.api.auth import RedactingAccessLogger, mint_token, redact
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.gateway_fixtures import *  # noqa: F403
-from tests.gateway_fixtures import Client, MakeApi, error_of, publish_job
-from tests.sse_client import parse
+from tests.support.fixture_types import Client, MakeGateway
+from tests.support.helpers import error_of
+from tests.support.jobs import publish_steps
+from tests.support.sse_client import parse
 
 SECRET = "test-secret-" + "x" * 52  # 64 bytes: long enough for HS512 too (the alg test)
 ORIGIN = "https://ui.example.com"
@@ -48,11 +49,11 @@ def bearer(value: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def secured(redis_server: RedisServer, make_api: MakeApi) -> Client:
+async def secured(redis_server: RedisServer, make_gateway: MakeGateway) -> Client:
     """An auth-on gateway with two ended jobs, job-a and job-b."""
     for job in ("job-a", "job-b"):
-        publish_job(redis_server.url, job, {"s": (2, 3)}, name=job)
-    return await make_api(auth_secret=SECRET)
+        publish_steps(redis_server.url, job, {"s": (2, 3)}, name=job)
+    return await make_gateway(auth_secret=SECRET)
 
 
 async def stream_events(api: Client, path: str, headers: dict[str, str] | None = None) -> list[Any]:
@@ -93,14 +94,14 @@ async def test_a_wildcard_token_reads_every_job_its_pattern_covers(secured: Clie
 
 
 async def test_the_job_list_is_filtered_and_pages_over_the_filtered_list(
-    redis_server: RedisServer, make_api: MakeApi
+    redis_server: RedisServer, make_gateway: MakeGateway
 ) -> None:
     with SyncPublisher(redis_server.url) as pub:  # 12 of ours among 300 others, interleaved
         for i in range(300):
             pub.job(f"other-{i:03d}").info("x")
             if i % 25 == 0:
                 pub.job(f"team-{i // 25:02d}").info("x")
-    api = await make_api(auth_secret=SECRET)
+    api = await make_gateway(auth_secret=SECRET)
     expected = [f"team-{i:02d}" for i in reversed(range(12))]
     auth = bearer(token("team-*"))
     for limit in (1, 5, 12, 50):
@@ -184,12 +185,14 @@ async def test_no_usable_token_is_401(secured: Client, headers: dict[str, str]) 
     assert (await error_of(resp, 401))["code"] == "unauthorized"
 
 
-async def test_expiry_allows_only_the_configured_leeway(redis_server: RedisServer, make_api: MakeApi) -> None:
-    publish_job(redis_server.url, "job-a", {"s": (1, 1)})
+async def test_expiry_allows_only_the_configured_leeway(
+    redis_server: RedisServer, make_gateway: MakeGateway
+) -> None:
+    publish_steps(redis_server.url, "job-a", {"s": (1, 1)})
     just_expired = token(ttl=-3)
-    lenient = await make_api(auth_secret=SECRET, auth_leeway_s=30)
+    lenient = await make_gateway(auth_secret=SECRET, auth_leeway_s=30)
     assert (await lenient.get("/v1/jobs/job-a", headers=bearer(just_expired))).status == 200
-    strict = await make_api(auth_secret=SECRET, auth_leeway_s=0)
+    strict = await make_gateway(auth_secret=SECRET, auth_leeway_s=0)
     error = await error_of(await strict.get("/v1/jobs/job-a", headers=bearer(just_expired)), 401)
     assert error["message"] == "token expired"
 
@@ -230,9 +233,9 @@ async def test_sse_and_json_accept_the_token_in_the_query(redis_server: RedisSer
 
 
 async def test_a_live_stream_with_a_query_token_gets_new_entries(
-    redis_server: RedisServer, make_api: MakeApi
+    redis_server: RedisServer, make_gateway: MakeGateway
 ) -> None:
-    api = await make_api(auth_secret=SECRET)
+    api = await make_gateway(auth_secret=SECRET)
     resp = await api.get("/v1/jobs/live-1/stream", params={"token": token("live-*")})
     assert resp.status == 200
     with SyncPublisher(redis_server.url) as pub:
@@ -279,7 +282,7 @@ async def test_unknown_routes_need_a_token_before_they_say_404(secured: Client) 
 
 
 async def test_auth_off_without_a_secret_changes_nothing(redis_server: RedisServer, api: Client) -> None:
-    publish_job(redis_server.url, "job-a", {"s": (1, 2)})
+    publish_steps(redis_server.url, "job-a", {"s": (1, 2)})
     assert (await api.get("/v1/jobs")).status == 200
     assert (await api.get("/v1/jobs/job-a?token=garbage")).status == 200
     assert (await api.get("/v1/jobs/job-a/logs", headers=bearer("garbage"))).status == 200
@@ -336,9 +339,9 @@ def test_logbroker_token_refuses_bad_input_with_exit_2(
     assert "input_value" not in done.stderr  # a refused secret is never echoed
 
 
-async def test_cors_answers_only_listed_origins(redis_server: RedisServer, make_api: MakeApi) -> None:
-    publish_job(redis_server.url, "job-a", {"s": (1, 1)})
-    api = await make_api(cors_origins=f"{ORIGIN}/, http://localhost:5173", auth_secret=SECRET)
+async def test_cors_answers_only_listed_origins(redis_server: RedisServer, make_gateway: MakeGateway) -> None:
+    publish_steps(redis_server.url, "job-a", {"s": (1, 1)})
+    api = await make_gateway(cors_origins=f"{ORIGIN}/, http://localhost:5173", auth_secret=SECRET)
     ok = await api.get("/v1/jobs/job-a", headers={"Origin": ORIGIN, **bearer(token())})
     assert ok.status == 200
     assert ok.headers["Access-Control-Allow-Origin"] == ORIGIN and ok.headers["Vary"] == "Origin"
@@ -354,8 +357,8 @@ async def test_cors_answers_only_listed_origins(redis_server: RedisServer, make_
     await stream.read()
 
 
-async def test_cors_preflight(make_api: MakeApi) -> None:
-    api = await make_api(cors_origins=[ORIGIN], auth_secret=SECRET)
+async def test_cors_preflight(make_gateway: MakeGateway) -> None:
+    api = await make_gateway(cors_origins=[ORIGIN], auth_secret=SECRET)
     ask = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
     ok = await api.options("/v1/jobs/job-a/logs", headers={"Origin": ORIGIN, **ask})
     assert ok.status == 204, await ok.text()

@@ -26,9 +26,9 @@ import pytest
 
 from gateway.cli.redis_server import RedisServer
 from gateway.cli.sse_parser import SSEParser
-from tests.gateway_fixtures import publish_job
-from tests.gateway_process import GatewayProcess
-from tests.sse_client import parse
+from tests.support.gateway_process import GatewayProcess
+from tests.support.jobs import publish_steps
+from tests.support.sse_client import parse
 
 JSON = {"Content-Type": "application/json"}
 NDJSON = {"Content-Type": "application/x-ndjson"}
@@ -215,7 +215,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess
     folder = tmp_path_factory.mktemp("battery")
     server = RedisServer(folder / "redis", appendonly=False).start()
     try:
-        publish_job(server.url, "known", {"s": (1, 3)}, end=None)
+        publish_steps(server.url, "known", {"s": (1, 3)}, end=None)
         process = GatewayProcess(server.url, folder / "gateway.log", heartbeat_s=0.2).start()
         try:
             yield process

@@ -12,9 +12,10 @@ from gateway.api import create_app
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.conftest import MakeGateway
-from tests.helpers import publish, stuck_client, wait_for_subscribers
-from tests.sse_client import parse
+from tests.support.fixture_types import MakeGateway
+from tests.support.helpers import stuck_client, wait_for_subscribers
+from tests.support.jobs import publish_entries
+from tests.support.sse_client import parse
 
 BIG = "x" * 20_000
 
@@ -66,7 +67,7 @@ async def test_health_readiness_and_metrics(make_gateway: MakeGateway, redis_ser
     assert await (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
     assert ready.status == 200 and (await ready.json())["status"] == "ready"
-    await asyncio.to_thread(publish, redis_server.url, "m", 10)
+    await asyncio.to_thread(publish_entries, redis_server.url, "m", 10)
     body = await (await client.get("/v1/jobs/m/stream")).read()
     assert len(parse(body).events) == 11
     text = await (await client.get("/metrics")).text()

@@ -40,9 +40,9 @@ from gateway.api.auth import PUBLIC_ROUTES, mint_token
 from gateway.api.openapi import openapi_document
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.gateway_fixtures import *  # noqa: F403
-from tests.gateway_fixtures import Client, MakeApi, publish_job
-from tests.gateway_process import GatewayProcess
+from tests.support.fixture_types import Client, MakeGateway
+from tests.support.gateway_process import GatewayProcess
+from tests.support.jobs import publish_steps
 
 DOC = openapi_document(GatewaySettings())
 NDJSON = "application/x-ndjson"
@@ -125,8 +125,8 @@ def test_every_registered_route_is_documented_and_nothing_else(secret: str | Non
     assert registered_routes(app) == documented_routes(openapi_document(settings_))
 
 
-async def test_the_gateway_serves_the_document_for_its_own_settings(make_api: MakeApi) -> None:
-    api = await make_api(replay_max_limit=321)
+async def test_the_gateway_serves_the_document_for_its_own_settings(make_gateway: MakeGateway) -> None:
+    api = await make_gateway(replay_max_limit=321)
     resp = await api.get("/openapi.json")
     assert resp.status == 200 and resp.content_type == "application/json"
     served = await resp.json()
@@ -185,7 +185,7 @@ SAMPLE_GETS = [
 
 
 async def test_real_answers_validate_against_the_document(redis_server: RedisServer, api: Client) -> None:
-    publish_job(redis_server.url, "mgr:7", {"build": (2, 5), "test": (1, 3)})
+    publish_steps(redis_server.url, "mgr:7", {"build": (2, 5), "test": (1, 3)})
     with SyncPublisher(redis_server.url) as pub:
         pub.job("solo").info("no step, no worker", n=1)
     jobs_page = await (await api.get("/v1/jobs")).json()
@@ -231,17 +231,17 @@ async def test_real_answers_validate_against_the_document(redis_server: RedisSer
     response_schema("/", "GET", 200, "text/html")
 
 
-async def test_a_body_over_the_limit_is_a_documented_413(make_api: MakeApi) -> None:
-    api = await make_api(max_body_bytes=1024, max_ingest_entries=2)
+async def test_a_body_over_the_limit_is_a_documented_413(make_gateway: MakeGateway) -> None:
+    api = await make_gateway(max_body_bytes=1024, max_ingest_entries=2)
     for body in ([{"msg": "x" * 2000}], [{"msg": "m"}] * 3):
         resp = await api.post("/v1/jobs/big/logs", json=body)
         check_against_document("/v1/jobs/{job}/logs", "POST", 413, resp.content_type, await resp.json())
 
 
-async def test_auth_refusals_are_documented(make_api: MakeApi) -> None:
+async def test_auth_refusals_are_documented(make_gateway: MakeGateway) -> None:
     secret = "s" * 32
     doc = openapi_document(GatewaySettings(auth_secret=secret))
-    api = await make_api(auth_secret=secret)
+    api = await make_gateway(auth_secret=secret)
     other = mint_token(secret, jobs="other-*", scopes=["read"], ttl_s=60)
     for path, template, headers, status in [
         ("/v1/jobs", "/v1/jobs", {}, 401),
@@ -336,7 +336,7 @@ def live_schema(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BaseSchema
     folder = tmp_path_factory.mktemp("fuzz")
     server = RedisServer(folder / "redis", appendonly=False).start()
     try:
-        publish_job(server.url, "mgr-42", {"build": (2, 3)})
+        publish_steps(server.url, "mgr-42", {"build": (2, 3)})
         gateway = GatewayProcess(server.url, folder / "gateway.log", heartbeat_s=0.1).start()
         try:
             config = schemathesis.Config.from_dict(FUZZ_CONFIG)

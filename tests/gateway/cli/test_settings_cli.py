@@ -14,8 +14,7 @@ from pydantic import ValidationError
 
 from gateway.cli.redis_server import free_port
 from gateway.settings import GatewaySettings
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.paths import ROOT
 
 
 def test_environment_is_read_with_the_logbroker_prefix(monkeypatch: pytest.MonkeyPatch) -> None:

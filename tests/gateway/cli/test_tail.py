@@ -17,8 +17,9 @@ import redis
 from broker import SyncPublisher
 from gateway.cli.redis_server import RedisServer, free_port
 from gateway.cli.sse_parser import SSEParser
-from tests.gateway_process import GatewayProcess
-from tests.helpers import read_job
+from tests.support.gateway_process import GatewayProcess
+from tests.support.helpers import read_job
+from tests.support.jobs import Line, publish_job
 
 CLI = [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())"]
 
@@ -29,13 +30,8 @@ def tail(gw: GatewayProcess, *args: str) -> subprocess.Popen[str]:
 
 
 def publish_slowly(url: str, job: str, n: int, status: str = "completed", pace_s: float = 0.002) -> None:
-    with SyncPublisher(url) as pub:
-        worker = pub.job(job, name="Tail").step("s").worker("w")
-        for i in range(n):
-            worker.info(f"line {i}")
-            if pace_s:
-                time.sleep(pace_s)
-        pub.job(job, name="Tail").end(status)
+    lines = (Line(f"line {i}", "s", "w") for i in range(n))
+    publish_job(url, job, lines, name="Tail", end=status, pace_s=pace_s)
 
 
 @pytest.mark.slow

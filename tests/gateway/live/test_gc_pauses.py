@@ -12,23 +12,20 @@ import gc
 import redis
 from aiohttp import web
 
-from broker import SyncPublisher
 from broker.keys import Keyspace
 from gateway.cli.redis_server import RedisServer
 from gateway.cli.serve import freeze_startup_heap, serving_app
 from gateway.ids import ZERO
 from gateway.live.ring import Ring
 from gateway.settings import GatewaySettings
+from tests.support.jobs import Line, publish_job
 
 
 def test_ring_items_leave_the_collector_after_one_collection(redis_server: RedisServer) -> None:
     """A NamedTuple item would stay tracked for good: the ring would be walked by every
     full collection (this fails with ``class Item(NamedTuple)``)."""
-    with SyncPublisher(redis_server.url) as pub:
-        step = pub.job("gc").step("s")
-        for i in range(200):
-            step.worker(f"w{i % 3}").info(f"line {i}", i=i)
-        pub.job("gc").end("completed")
+    lines = (Line(f"line {i}", "s", f"w{i % 3}", fields={"i": i}) for i in range(200))
+    publish_job(redis_server.url, "gc", lines, end_named=False)
     raw = redis.Redis.from_url(redis_server.url).xrange(Keyspace().stream("gc"))
     feed = Ring("gc", Keyspace().stream("gc"), ZERO, 10_000, 1 << 20)
     assert feed.append(raw) == 201

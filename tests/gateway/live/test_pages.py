@@ -14,9 +14,10 @@ from gateway.cli.redis_server import RedisServer
 from gateway.ids import from_redis
 from gateway.live.items import FRAME, SID, make_item
 from gateway.live.pages import Pages
-from tests.conftest import MakeGateway
-from tests.helpers import publish, read_job
-from tests.sse_client import parse
+from tests.support.fixture_types import MakeGateway
+from tests.support.helpers import read_job
+from tests.support.jobs import publish_entries
+from tests.support.sse_client import parse
 
 
 def items_of(url: str, job: str) -> list[Any]:
@@ -25,7 +26,7 @@ def items_of(url: str, job: str) -> list[Any]:
 
 
 def test_a_kept_page_serves_every_cursor_it_covers(redis_server: RedisServer) -> None:
-    publish(redis_server.url, "p", 30, end=False)
+    publish_entries(redis_server.url, "p", 30, end=False)
     items = items_of(redis_server.url, "p")
     pages = Pages(max_bytes=1 << 20)
     pages.keep(items[4][SID], items[5:20])  # read after entry 4: covers cursors 4..18
@@ -38,7 +39,7 @@ def test_a_kept_page_serves_every_cursor_it_covers(redis_server: RedisServer) ->
 
 
 def test_pages_are_bounded_oldest_first(redis_server: RedisServer) -> None:
-    publish(redis_server.url, "b", 40, end=False)
+    publish_entries(redis_server.url, "b", 40, end=False)
     items = items_of(redis_server.url, "b")
     pages = Pages(max_bytes=sum(len(i[FRAME]) for i in items[11:31]))  # room for two of the pages
     pages.keep(items[0][SID], items[1:11])
@@ -54,7 +55,7 @@ def test_pages_are_bounded_oldest_first(redis_server: RedisServer) -> None:
 async def test_lagging_clients_share_pages_and_each_gets_everything(
     make_gateway: MakeGateway, redis_server: RedisServer
 ) -> None:
-    publish(redis_server.url, "lag", 3000)
+    publish_entries(redis_server.url, "lag", 3000)
     client = await make_gateway(ring_entries=100, page_entries=200)  # everything is behind the ring
     gw = client.app[GATEWAY]
 
@@ -72,7 +73,7 @@ async def test_lagging_clients_share_pages_and_each_gets_everything(
 
 
 async def test_a_kept_page_never_hides_a_gap(make_gateway: MakeGateway, redis_server: RedisServer) -> None:
-    publish(redis_server.url, "gap", 400, end=False)
+    publish_entries(redis_server.url, "gap", 400, end=False)
     r = redis.Redis.from_url(redis_server.url)
     key = Keyspace().stream("gap")
     ids = [i for i, _ in r.xrange(key)]

@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from broker import Publisher, SyncPublisher
+from broker import Publisher
 from broker.keys import Keyspace
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
@@ -25,9 +25,10 @@ from gateway.live.frames import Batch
 from gateway.live.items import FRAME, SID, make_item
 from gateway.live.ring import Ring
 from gateway.live.sse_response import http_chunk, kernel_queued
-from tests.conftest import MakeGateway
-from tests.helpers import read_job, stuck_client, wait_for_subscribers
-from tests.sse_client import parse
+from tests.support.fixture_types import MakeGateway
+from tests.support.helpers import read_job, stuck_client, wait_for_subscribers
+from tests.support.jobs import Line, publish_job
+from tests.support.sse_client import parse
 
 
 @dataclass(eq=False)
@@ -44,12 +45,7 @@ class FakeListener:
 
 
 def raw_entries(url: str, job: str, messages: list[str], end: bool = False) -> list[Any]:
-    with SyncPublisher(url) as pub:
-        handle = pub.job(job)
-        for msg in messages:
-            handle.step("s").worker("w").info(msg)
-        if end:
-            handle.end("completed")
+    publish_job(url, job, [Line(msg, "s", "w") for msg in messages], end="completed" if end else None)
     return redis.Redis.from_url(url).xrange(Keyspace().stream(job))
 
 

@@ -16,9 +16,10 @@ from broker import Publisher, SyncPublisher
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.conftest import MakeGateway
-from tests.helpers import publish, read_job
-from tests.sse_client import parse
+from tests.support.fixture_types import MakeGateway
+from tests.support.helpers import read_job
+from tests.support.jobs import publish_entries
+from tests.support.sse_client import parse
 
 
 async def read_all(client: TestClient[Any, Any], path: str, headers: dict[str, str] | None = None) -> bytes:
@@ -69,7 +70,7 @@ async def test_wire_bytes_and_no_injection(make_gateway: MakeGateway, redis_serv
 async def test_resume_with_last_event_id_gives_the_rest_exactly(
     make_gateway: MakeGateway, redis_server: RedisServer
 ) -> None:
-    publish(redis_server.url, "resume", 300)
+    publish_entries(redis_server.url, "resume", 300)
     client = await make_gateway()
     seen: list[str] = []
     last = ""
@@ -130,7 +131,7 @@ async def test_filters_still_advance_the_cursor(
 
 
 async def test_tail_then_live_and_after_dollar(make_gateway: MakeGateway, redis_server: RedisServer) -> None:
-    publish(redis_server.url, "tail", 20, end=False)
+    publish_entries(redis_server.url, "tail", 20, end=False)
     client = await make_gateway(heartbeat_s=0.2)
     tail = await client.get("/v1/jobs/tail/stream?tail=3")
     new = await client.get("/v1/jobs/tail/stream?after=$")
@@ -157,7 +158,7 @@ async def test_tail_then_live_and_after_dollar(make_gateway: MakeGateway, redis_
 async def test_end_closes_and_a_reconnect_gets_204(
     make_gateway: MakeGateway, redis_server: RedisServer
 ) -> None:
-    publish(redis_server.url, "ended", 5)
+    publish_entries(redis_server.url, "ended", 5)
     client = await make_gateway()
     parsed = parse(await read_all(client, "/v1/jobs/ended/stream"))
     assert parsed.events[-1].event == "end" and parsed.events[-1].json()["status"] == "completed"
@@ -168,7 +169,7 @@ async def test_end_closes_and_a_reconnect_gets_204(
 
 
 async def test_gap_event_after_trimming(make_gateway: MakeGateway, redis_server: RedisServer) -> None:
-    publish(redis_server.url, "trim", 100)
+    publish_entries(redis_server.url, "trim", 100)
     r = redis.Redis.from_url(redis_server.url)
     stored = read_job(r, "trim")
     r.xtrim(GatewaySettings().keyspace.stream("trim"), maxlen=30, approximate=False)
@@ -207,7 +208,7 @@ async def test_a_job_that_does_not_exist_yet_is_waited_for(
     assert resp.status == 200
     buf = await asyncio.wait_for(resp.content.readuntil(b": heartbeat\n\n"), 5)
     await asyncio.wait_for(resp.content.readuntil(b": heartbeat\n\n"), 5)
-    await asyncio.to_thread(publish, redis_server.url, "later", 10)
+    await asyncio.to_thread(publish_entries, redis_server.url, "later", 10)
     buf += await asyncio.wait_for(resp.read(), 5)
     events = parse(buf).events
     assert [e.json()["msg"] for e in events[:-1]] == [f"entry {i}" for i in range(10)]
@@ -220,7 +221,7 @@ async def test_slow_client_behind_the_ring_pages_from_redis(
     client = await make_gateway(ring_entries=50, page_entries=40)
     resp = await client.get("/v1/jobs/slow/stream")
     first = await asyncio.wait_for(resp.content.readuntil(b"retry: 2000\n\n"), 5)
-    await asyncio.to_thread(publish, redis_server.url, "slow", 3000)  # the ring only keeps 50
+    await asyncio.to_thread(publish_entries, redis_server.url, "slow", 3000)  # the ring only keeps 50
     buf = first + await asyncio.wait_for(resp.read(), 30)
     ids = [e.id for e in parse(buf).events]
     stored = [e["id"] for e in read_job(redis.Redis.from_url(redis_server.url), "slow")]

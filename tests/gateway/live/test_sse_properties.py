@@ -8,7 +8,7 @@ CR and LF out of the one ``data:`` line (``gateway/sse.py``). That is a claim ab
 so it is tested with generated ones full of the fragments that would break a naive framing (CR,
 LF, CRLF, NUL, ``data:``, ``id:``, ``event:``, Unicode line separators that ``str.splitlines``
 would split on). Three parsers must agree: the gateway's own ``SSEParser`` (used by ``logbroker
-tail``), httpx-sse fed incrementally, and ``tests.sse_client.parse`` on the whole stream.
+tail``), httpx-sse fed incrementally, and ``tests.support.sse_client.parse`` on the whole stream.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from gateway.live import sse
 from gateway.live.filter import Filter
 from gateway.live.frames import frames, gap_frame
 from gateway.live.items import FRAME, SID, Item, item_of
-from tests.sse_client import parse
+from tests.support.sse_client import parse
 
 PROPERTY = settings(max_examples=150, deadline=None)
 FRAGMENTS = [
