@@ -19,7 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import LogbrokerError
+from .errors import InvalidEntry
 from .sync_publisher import SyncPublisher
 
 _IGNORED_LOGGERS = ("broker", "gateway", "redis", "asyncio")
@@ -57,7 +57,8 @@ def bind(**names: str | None) -> Iterator[LogContext]:
 
 
 class JobLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
-    """``JobLoggerAdapter(log, job="j", step="s", worker="w").info("...")``."""
+    """``JobLoggerAdapter(log, {"job": "j", "step": "s", "worker": "w"}).info("...")``: the
+    names are the adapter's ``extra`` mapping, as for any ``logging.LoggerAdapter``."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
@@ -76,29 +77,38 @@ class LogbrokerHandler(logging.Handler):
         self.default = LogContext(job=job)
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith(_IGNORED_LOGGERS) or threading.current_thread().name.startswith(
-            "logbroker-"
-        ):
+        """Never raises into the code that logged: a record that cannot be published (no job
+        bound, a name the broker refuses, a closed publisher) goes to ``handleError``, which
+        reports it on stderr as ``logging`` does for any handler, and is not stored."""
+        if _ignored(record.name) or threading.current_thread().name.startswith("logbroker-"):
             return
+        try:
+            self._publish(record)
+        except Exception:
+            self.handleError(record)
+
+    def _publish(self, record: logging.LogRecord) -> None:
         ctx = _current.get()
         names = {
             k: getattr(record, k, None) or getattr(ctx, k) or getattr(self.default, k) for k in _CONTEXT_KEYS
         }
         job = names.pop("job")
         if job is None:
-            self.handleError(record)  # nowhere to store it: say so on stderr, never drop silently
-            return
+            raise InvalidEntry("job", "no job bound: use bind(job=...), a JobLoggerAdapter, extra= or job=")
         fields = getattr(record, "fields", None)
         fields = dict(fields) if isinstance(fields, dict) else {}
         fields["logger"] = record.name
-        try:
-            self.publisher.publish(
-                job,
-                self.format(record),
-                level=record.levelno,
-                fields=fields,
-                ts_ms=int(record.created * 1000),
-                **names,
-            )
-        except LogbrokerError:
-            self.handleError(record)
+        self.publisher.publish(
+            job,
+            self.format(record),
+            level=record.levelno,
+            fields=fields,
+            ts_ms=int(record.created * 1000),
+            **names,
+        )
+
+
+def _ignored(name: str) -> bool:
+    """logbroker's own loggers and its libraries', by whole name parts: ``redis`` and
+    ``redis.connection`` are ignored, an application's ``redis_cache`` or ``brokerage`` is not."""
+    return any(name == prefix or name.startswith(prefix + ".") for prefix in _IGNORED_LOGGERS)

@@ -22,6 +22,9 @@ from .stream import stream_job
 
 STATIC = Path(__file__).parent.parent / "static"
 SHUTDOWN_STREAMS_S = 5.0  # how long shutdown waits for open streams to end
+# Any path segment is a job candidate, braces included (aiohttp's default pattern excludes them,
+# which made such an id a 404 instead of the 400 naming it); ``params.job_of`` validates it.
+JOB = "{job:[^/]+}"
 
 
 def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> web.Application:
@@ -37,10 +40,12 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     app.router.add_get("/readyz", ops.readyz)
     app.router.add_get("/metrics", ops.metrics)
     app.router.add_get("/v1/jobs", jobs.list_jobs)
-    app.router.add_get("/v1/jobs/{job}", jobs.get_job)
-    app.router.add_get("/v1/jobs/{job}/logs", replay.get_logs)
-    app.router.add_post("/v1/jobs/{job}/logs", ingest.post_logs)
-    app.router.add_get("/v1/jobs/{job}/stream", stream_job)
+    app.router.add_get(f"/v1/jobs/{JOB}", jobs.get_job)
+    app.router.add_get(f"/v1/jobs/{JOB}/logs", replay.get_logs)
+    app.router.add_post(f"/v1/jobs/{JOB}/logs", ingest.post_logs)
+    # no HEAD: a stream's headers promise a body that never ends (a proxy's keepalive connection
+    # would stay busy with it); HEAD gets 405 like any other method the route does not serve
+    app.router.add_get(f"/v1/jobs/{JOB}/stream", stream_job, allow_head=False)
     app.router.add_get("/", ops.viewer)
     app.router.add_get("/openapi.json", openapi.openapi_route(settings))
     app.router.add_static("/static/", STATIC, append_version=False)

@@ -338,6 +338,34 @@ def test_flush_timeout_reports_what_was_not_delivered(redis_server_factory: Serv
         pub.publish("down", "late")
 
 
+def test_logging_handler_never_raises_into_the_caller_and_keeps_lookalike_loggers(
+    redis_server: RedisServer, redis_client: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A record with no job raised AttributeError out of ``log.warning()``; application loggers
+    whose names merely start like ours (``brokerage``, ``redis_cache``) were dropped."""
+    pub = SyncPublisher(redis_server.url)
+    handler = LogbrokerHandler(pub)  # no fallback job
+    loggers = [logging.getLogger(n) for n in ("myapp", "brokerage.billing", "redis_cache", "asyncio_helpers")]
+    ours = [logging.getLogger(n) for n in ("broker.x", "redis.connection", "gateway", "asyncio")]
+    for log in loggers + ours:
+        log.addHandler(handler)
+        log.propagate = False
+    try:
+        logging.getLogger("myapp").warning("nowhere to go")  # must not raise
+        assert "no job bound" in capsys.readouterr().err, "reported on stderr, not dropped silently"
+        with bind(job="look"):
+            for log in loggers + ours:
+                log.warning("from %s", log.name)
+        handler.close()
+        pub.close()
+        logging.getLogger("myapp").warning("after close")  # a closed publisher: still no raise
+    finally:
+        for log in loggers + ours:
+            log.removeHandler(handler)
+            log.propagate = True
+    assert [e["msg"] for e in read_job(redis_client, "look")] == [f"from {log.name}" for log in loggers]
+
+
 def test_logging_handler_takes_identity_from_context(
     redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
@@ -354,7 +382,7 @@ def test_logging_handler_takes_identity_from_context(
             own = logging.makeLogRecord(
                 {"name": "broker.core", "msg": "the pipeline's own line", "levelno": 30}
             )
-            handler.handle(own)  # lesson 6: the pipeline's own records never become entries
+            handler.handle(own)  # docs/design.md §10.6: the pipeline's own records never become entries
         JobLoggerAdapter(app, {"job": "ctx-job", "step": "s2", "worker": "w9"}).error("from adapter")
         app.warning("with extra", extra={"job": "ctx-job", "step": "s3", "fields": {"k": 1}})
         assert pub.flush().ok

@@ -26,6 +26,16 @@ def test_environment_is_read_with_the_logbroker_prefix(monkeypatch: pytest.Monke
     assert (s.redis_url, s.port, s.host, s.heartbeat_s) == ("redis://example:6380/1", 9099, "0.0.0.0", 2.5)
 
 
+def test_an_empty_variable_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Compose files pass ``${VAR:-}``: an empty value was refused (REDIS_URL must start with
+    redis://) or taken literally, instead of meaning the default."""
+    defaults = GatewaySettings()
+    for name in GatewaySettings.model_fields:
+        monkeypatch.setenv(f"LOGBROKER_{name.upper()}", "")
+    assert GatewaySettings() == defaults
+    assert GatewaySettings().redis_url is None
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [
@@ -47,7 +57,7 @@ def test_environment_is_read_with_the_logbroker_prefix(monkeypatch: pytest.Monke
         ("MAX_CLIENTS", "0"),
         ("MAX_BODY_BYTES", "1"),
         ("KEY_PREFIX", "a{b}"),
-        ("KEY_PREFIX", ""),
+        ("KEY_PREFIX", " "),  # an empty one means unset (below)
         ("MAX_MESSAGE_BYTES", "100"),
         ("SENTINELS", "no-port"),
         ("SENTINELS", "127.0.0.1:99999"),
