@@ -48,6 +48,9 @@ def serve(settings: GatewaySettings) -> None:
             app, loop=new_event_loop(settings.event_loop), host=settings.host, port=settings.port,
             print=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
             access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log
+            # a client that hangs up ends its handler at once: its stream's slot is free at once,
+            # not at its next write (a reconnect loop otherwise filled max_clients)
+            handler_cancellation=True,
         )  # fmt: skip
 
 

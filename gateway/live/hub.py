@@ -166,7 +166,9 @@ class Hub:
 
     async def _watch(self) -> None:
         """Reap clients stuck in one write for longer than the write timeout (half-open
-        connections), checking a few times per timeout instead of arming a timer per write."""
+        connections), checking a few times per timeout instead of arming a timer per write; and
+        end the streams whose client has hung up while they were idle. (``serve`` also cancels
+        such a handler at once; an application embedding ``create_app`` may not.)"""
         timeout = self.settings.write_timeout_s
         loop = asyncio.get_running_loop()
         while True:
@@ -177,6 +179,8 @@ class Hub:
                 if started is not None and now - started > timeout:
                     sub.writing_since = None
                     sub.reap()
+                elif sub.resp.prepared and sub.resp.closing:
+                    sub.stop()
 
     async def close_streams(self, timeout_s: float) -> None:
         """End every stream cleanly, so clients reconnect (to another gateway) at once, and wait

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import time
+from pathlib import Path
 
+import httpx
+from aiohttp import ClientSession, web
+
+from gateway.api import create_app
+from gateway.api.state import GATEWAY
+from gateway.cli.redis_server import RedisServer
+from gateway.settings import GatewaySettings
 from tests.support.fixture_types import Client
-from tests.support.helpers import error_of
+from tests.support.gateway_process import GatewayProcess
+from tests.support.helpers import error_of, wait_for_subscribers
 
 
 async def test_head_on_a_stream_is_refused_without_a_body_and_not_counted(api: Client) -> None:
@@ -50,3 +61,58 @@ async def test_a_message_with_unicode_line_separators_cannot_forge_an_event(api:
     assert json.loads(events[0][1])["msg"] == forged
     replay = await (await api.get("/v1/jobs/sep/logs")).json()
     assert replay["entries"][0]["msg"] == forged
+
+
+def _open_streams(port: int, job: str, n: int) -> list[socket.socket]:
+    """``n`` raw SSE clients, each past its response headers."""
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(f"GET /v1/jobs/{job}/stream HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        socks.append(s)
+    for s in socks:
+        s.settimeout(5)
+        assert s.recv(4096).startswith(b"HTTP/1.1 200"), "a slot was free"
+    return socks
+
+
+async def test_a_client_that_hangs_up_frees_its_slot_without_waiting_for_a_write(
+    redis_server: RedisServer,
+) -> None:
+    """An idle stream only noticed its client had gone at its next write, a heartbeat (15 s) later:
+    a client reconnecting in a loop filled max_clients and everyone else got 503. Here the app
+    runs as an embedding application would run it, without aiohttp's handler cancellation."""
+    app = create_app(GatewaySettings(redis_url=redis_server.url, max_clients=10, heartbeat_s=15))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        gw = app[GATEWAY]
+        for _ in range(3):  # connect and drop, three times over: more than the limit in all
+            for s in await asyncio.to_thread(_open_streams, port, "drop", 10):
+                s.close()
+            await wait_for_subscribers(gw, 0, timeout_s=2.5)
+        async with ClientSession() as http, http.get(f"http://127.0.0.1:{port}/v1/jobs/drop/stream") as resp:
+            assert resp.status == 200 and gw.hub.clients == 1
+    finally:
+        await runner.cleanup()
+
+
+def test_serve_frees_a_hung_up_clients_slot_at_once(tmp_path: Path, redis_server: RedisServer) -> None:
+    """``logbroker serve`` ends the handler when its connection is lost (aiohttp's handler
+    cancellation), and the hub's once-a-second check catches any it missed."""
+    gateway = GatewayProcess(redis_server.url, tmp_path / "gw.log", max_clients=10, heartbeat_s=15).start()
+    try:
+        for _ in range(3):
+            for s in _open_streams(gateway.port, "drop", 10):
+                s.close()
+            deadline = time.monotonic() + 1.5
+            while httpx.get(f"{gateway.url}/readyz").json()["clients"] and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert httpx.get(f"{gateway.url}/readyz").json()["clients"] == 0, "freed within 1.5 s"
+        with httpx.stream("GET", f"{gateway.url}/v1/jobs/drop/stream", timeout=5) as resp:
+            assert resp.status_code == 200
+    finally:
+        gateway.stop()
