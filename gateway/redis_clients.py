@@ -1,6 +1,14 @@
-"""Redis clients of a gateway: one shared client (plain, Redis Cluster or through Sentinel), and
-for each partition reader a single connection that blocks on the master holding its slot, plus a
-second one to the same node to wake it (CLIENT UNBLOCK)."""
+"""Redis clients of a gateway (plain, Redis Cluster or through Sentinel): a shared client for
+reads, one for writes, and for each partition reader a single connection that blocks on the
+master holding its slot, plus a second one to the same node to wake it (CLIENT UNBLOCK).
+
+The shared clients draw from a bounded pool that makes a request *wait* for a free connection
+(up to ``redis_pool_timeout_s``) instead of failing: redis-py's default pool refuses the 101st
+concurrent command, which a busy gateway answered as 503 while Redis was healthy. Reads are
+retried once on a fresh connection when a pooled one turns out dead (Redis restarted); writes are
+not, since a write whose reply was lost may have been applied (ingest's src/seq retry is the
+client's, and says so).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +17,9 @@ from typing import Any
 import redis
 import redis.asyncio
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 
 from broker.config import sentinel_addresses
 
@@ -33,12 +43,21 @@ class Connector:
             for client in self._sentinel.sentinels:
                 await client.aclose()
 
-    def shared(self) -> AnyRedis:
-        if self.settings.redis_cluster:
-            return RedisCluster.from_url(self.url, **_SHARED)
+    def shared(self, *, retry_once: bool = True) -> AnyRedis:
+        """A client on the bounded pool; ``retry_once``: a command that fails on a dead pooled
+        connection is sent once more, on a new one (reads only: see the module docstring)."""
+        s = self.settings
+        retries = 1 if retry_once else 0
+        if s.redis_cluster:
+            return RedisCluster.from_url(self.url, max_connections=s.redis_max_connections, **_SHARED)
+        options: dict[str, Any] = {**_SHARED, "retry": Retry(NoBackoff(), retries)}
         if self._sentinel is not None:
-            return self._master(**_SHARED)
-        return redis.asyncio.Redis.from_url(self.url, health_check_interval=30, **_SHARED)
+            return self._master(max_connections=s.redis_max_connections, **options)
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            self.url, max_connections=s.redis_max_connections, timeout=s.redis_pool_timeout_s,
+            health_check_interval=30, **options,
+        )  # fmt: skip
+        return redis.asyncio.Redis.from_pool(pool)  # closing the client closes its pool
 
     def _master(self, single: bool = False, **options: Any) -> redis.asyncio.Redis:
         """The current master, whichever it is after a failover."""

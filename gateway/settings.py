@@ -57,6 +57,10 @@ class GatewaySettings(BaseSettings):
     data_dir: Path = Path(".logbroker")
     key_prefix: str = DEFAULT_KEY_PREFIX
     partitions: int = Field(DEFAULT_PARTITIONS, ge=1, le=16384)
+    # the shared Redis pools (one for reads, one for writes): a request waits this long for a
+    # free connection when all are busy, then 503
+    redis_max_connections: int = Field(256, ge=1, le=100_000)
+    redis_pool_timeout_s: float = Field(5.0, gt=0, le=300)
     # SSE
     heartbeat_s: float = Field(15.0, gt=0, le=3600)
     retry_ms: int = Field(2000, ge=0, le=3_600_000)

@@ -47,7 +47,9 @@ def make_gateway(redis_server: RedisServer, aiohttp_client: AiohttpClient) -> Ma
     """An in-process gateway on ``redis_server``, settings overridden by keyword (``page_entries=7``...)."""
 
     async def make(**settings: Any) -> Client:
-        return await aiohttp_client(create_app(GatewaySettings(redis_url=redis_server.url, **settings)))
+        return await aiohttp_client(
+            create_app(GatewaySettings(**{"redis_url": redis_server.url, **settings}))
+        )
 
     return make
 

@@ -66,13 +66,14 @@ def _middlewares(settings: GatewaySettings) -> list[Middleware]:
 def _lifecycle(settings: GatewaySettings, url: str) -> Callable[[web.Application], AsyncIterator[None]]:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         connector = Connector(settings, url)
-        client = connector.shared()
+        client, writer = connector.shared(), connector.shared(retry_once=False)
         await connect_async(client, f"gateway (Redis {url or f'Sentinel master {settings.sentinel_master}'})")
         metrics = Metrics()
         async with Hub(client, connector, settings, metrics) as hub:
-            app[GATEWAY] = Gateway(settings, client, hub, metrics, settings.keyspace)
+            app[GATEWAY] = Gateway(settings, client, writer, hub, metrics, settings.keyspace)
             yield
-        await client.aclose()
+        for redis_client in (client, writer):
+            await redis_client.aclose()
         await connector.aclose()
 
     return lifecycle

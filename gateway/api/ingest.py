@@ -251,7 +251,7 @@ async def _write(gw: Gateway, job: str, batches: list[Batch]) -> tuple[list[str]
     duplicates = 0
     for batch in batches:
         try:
-            (outcome,) = await write_async(gw.redis, [batch], gw.settings.retention)
+            (outcome,) = await write_async(gw.writer, [batch], gw.settings.retention)
         except (redis.RedisError, OSError, TimeoutError) as e:
             raise _failure(job, e, len(ids), duplicates) from e
         if isinstance(outcome, BaseException):

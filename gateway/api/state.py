@@ -22,7 +22,8 @@ from ..settings import GatewaySettings
 @dataclass(frozen=True, eq=False, slots=True)
 class Gateway:
     settings: GatewaySettings
-    redis: AnyRedis
+    redis: AnyRedis  # reads (a dead pooled connection is retried once)
+    writer: AnyRedis  # ingest's writes (never retried by the gateway: see gateway.redis_clients)
     hub: Hub  # every live subscription of this process
     metrics: Metrics
     keyspace: Keyspace

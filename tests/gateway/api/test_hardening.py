@@ -9,15 +9,17 @@ import time
 from pathlib import Path
 
 import httpx
-from aiohttp import ClientSession, web
+import redis
+from aiohttp import ClientSession, TCPConnector, web
 
 from gateway.api import create_app
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.support.fixture_types import Client
+from tests.support.fixture_types import Client, MakeGateway, ServerFactory
 from tests.support.gateway_process import GatewayProcess
 from tests.support.helpers import error_of, wait_for_subscribers
+from tests.support.jobs import publish_entries
 
 
 async def test_head_on_a_stream_is_refused_without_a_body_and_not_counted(api: Client) -> None:
@@ -116,3 +118,45 @@ def test_serve_frees_a_hung_up_clients_slot_at_once(tmp_path: Path, redis_server
             assert resp.status_code == 200
     finally:
         gateway.stop()
+
+
+async def test_more_concurrent_requests_than_redis_connections_wait_instead_of_failing(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """redis-py's default pool refused the 101st concurrent command: 200 of 300 concurrent meta
+    requests (and ingests) got 503 redis_unavailable from a healthy Redis."""
+    publish_entries(redis_server.url, "busy", 3)
+    client = await make_gateway()
+    base = str(client.make_url(""))
+    async with ClientSession(connector=TCPConnector(limit=0)) as http:  # 600 at once, not 100
+        gets = [http.get(f"{base}/v1/jobs/busy") for _ in range(300)]
+        posts = [http.post(f"{base}/v1/jobs/busy-{i}/logs", json=[{"msg": "m"}]) for i in range(300)]
+        statuses = [r.status for r in await asyncio.gather(*gets, *posts)]
+    assert statuses == [200] * 600
+
+
+async def test_a_small_pool_makes_requests_wait_their_turn(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    publish_entries(redis_server.url, "few", 3)
+    client = await make_gateway(redis_max_connections=2)
+    gets = [client.get("/v1/jobs/few") for _ in range(50)]
+    posts = [client.post("/v1/jobs/few/logs", json=[{"msg": "m"}]) for _ in range(50)]
+    assert [r.status for r in await asyncio.gather(*gets, *posts)] == [200] * 100
+    info = redis.Redis.from_url(redis_server.url).info("clients")
+    assert info["connected_clients"] <= 2 + 2 + 3, "two pools of 2, a reader and its control, us"
+
+
+async def test_the_first_read_after_a_redis_restart_is_answered(
+    make_gateway: MakeGateway, redis_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """Every pooled connection is dead after a restart: its first use answered 503 ([503, 200, 200])."""
+    server = redis_server_factory(appendonly=True)
+    publish_entries(server.url, "r", 3)
+    client = await make_gateway(redis_url=server.url)
+    assert [r.status for r in await asyncio.gather(*[client.get("/v1/jobs/r") for _ in range(5)])] == [
+        200
+    ] * 5
+    server.stop()
+    server.start()
+    assert [(await client.get("/v1/jobs/r")).status for _ in range(3)] == [200, 200, 200]
