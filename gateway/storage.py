@@ -11,6 +11,9 @@ from .ids import ZERO, StreamId, from_redis, predecessor
 from .redis_clients import AnyRedis
 
 RawEntry = tuple[bytes, dict[bytes, bytes]]
+# A filtered read (replay, a ``tail=N`` start) looks at most this many pages of ``page_entries``
+# per request, however sparse its filter: bounded work, then it says where it got to
+MAX_SCAN_PAGES = 20
 
 
 async def xrange(

@@ -7,8 +7,9 @@ a replay page can be followed by the SSE stream with ``after=<last id>`` (docs/d
 Filters use the one implementation the stream uses (``gateway.live.filter.Filter``), including its rule
 that the job's end entry always passes: it carries the per-step totals, so a filtered download
 still ends with the numbers that prove it complete. A filtered page scans at most
-``_MAX_SCAN_PAGES`` pages of ``page_entries`` before answering with what it found and ``next`` =
-the last id it looked at, so a sparse filter over a huge job costs bounded work per request.
+``gateway.storage.MAX_SCAN_PAGES`` pages of ``page_entries`` before answering with what it found
+and ``next`` = the last id it looked at, so a sparse filter over a huge job costs bounded work
+per request.
 
 ``Accept: application/x-ndjson`` downloads the whole range as NDJSON, written page by page as it
 is read, so memory stays bounded by one page whatever the size of the job.
@@ -37,13 +38,12 @@ from ..live.filter import Filter
 from ..live.items import Item
 from ..redis_clients import AnyRedis
 from ..settings import GatewaySettings
-from ..storage import RawEntry, xrange, xrevrange
+from ..storage import MAX_SCAN_PAGES, RawEntry, xrange, xrevrange
 from .params import filter_of, int_param, job_of
 from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 
-_MAX_SCAN_PAGES = 20
 _UNSAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -146,7 +146,7 @@ async def _page(
     count = gw.settings.page_entries if flt.active else limit + 1
     found: list[Entry] = []
     last: str | None = None
-    for _ in range(_MAX_SCAN_PAGES):
+    for _ in range(MAX_SCAN_PAGES):
         page = await rng.read(gw.redis, key, count)
         for raw_id, fields in page:
             last, entry = _decode(job, raw_id, fields)

@@ -29,7 +29,10 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
     if end_id is not None and cursor >= from_redis(end_id) and not initial:
         return web.Response(status=204)
     async with gw.hub.subscribe(job, flt, cursor) as sub:
-        return await sub.serve(request, initial)
+        tail_start = bool(initial)
+        sub.start_with(initial)
+        del initial  # the subscriber lets each part go once sent: nothing here may keep it alive
+        return await sub.serve(request, tail_start)
 
 
 async def _start(gw: Gateway, request: web.Request, job: str, flt: Filter) -> tuple[StreamId, list[Item]]:

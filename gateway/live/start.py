@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..ids import ZERO, StreamId, format_id
 from ..redis_clients import AnyRedis
-from ..storage import last_id, xrevrange
+from ..storage import MAX_SCAN_PAGES, last_id, xrevrange
 from . import sse
 from .filter import Filter
 from .items import SID, Item, make_item
@@ -15,11 +15,15 @@ async def newest_matching(
 ) -> tuple[StreamId, list[Item]]:
     """The ``n`` newest entries that pass ``flt``, oldest first, and the cursor to go on from: the
     newest entry looked at, so the live part continues exactly after what was scanned, matching
-    or not (an id-only item at the end moves the client's Last-Event-ID there)."""
+    or not (an id-only item at the end moves the client's Last-Event-ID there). A sparse filter
+    looks back at most ``MAX_SCAN_PAGES`` pages more than ``n`` needs: fewer than ``n`` then, and
+    live from there."""
     newest: StreamId | None = None
     found: list[Item] = []
     upper = "+"
-    while len(found) < n:
+    for _ in range(MAX_SCAN_PAGES + -(-n // page_entries)):
+        if len(found) >= n:
+            break
         page = await xrevrange(client, key, upper, count=page_entries)
         if not page:
             break

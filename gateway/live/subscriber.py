@@ -71,18 +71,19 @@ class Subscriber:
         self._ended = False  # the end event went out in a push
         self._queued_at_most = 0  # the kernel send queue at the last look plus what was written since
 
-    async def serve(self, request: web.Request, initial: list[Item]) -> SSEResponse:
-        """The whole stream: headers, ``retry:``, the start (``initial`` entries of a ``tail=N``,
-        or a ``gap`` when the cursor's successors were trimmed), then live until the end."""
+    def start_with(self, items: list[Item]) -> None:
+        """The entries of a ``tail=N`` start, sent first, a write at a time like a page from
+        Redis: each part is let go once written, so a caught-up client holds none of them."""
+        self._backlog = items
+
+    async def serve(self, request: web.Request, tail_start: bool) -> SSEResponse:
+        """The whole stream: headers, ``retry:``, the start (the entries of a ``tail=N`` given
+        to ``start_with``, or a ``gap`` when the cursor's successors were trimmed), then live
+        until the end."""
         await self.resp.prepare(request)
         try:
             await self.write(sse.retry(self._settings.retry_ms), None)
-            if initial:
-                blob, last, ended, count = frames(initial, self.filter)  # at most replay_max_limit, once
-                await self.write(blob, last, count)
-                if ended:
-                    return self.resp
-            else:
+            if not tail_start:
                 first_available = await trimmed_since(self._redis, self._keyspace, self.ring.job, self.cursor)
                 if first_available is not None:
                     frame, self.cursor = gap_frame(self.cursor, first_available)

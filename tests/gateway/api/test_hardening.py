@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import socket
 import time
+import tracemalloc
 from pathlib import Path
 
 import httpx
@@ -16,10 +18,11 @@ from gateway.api import create_app
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
+from gateway.storage import MAX_SCAN_PAGES
 from tests.support.fixture_types import Client, MakeGateway, ServerFactory
 from tests.support.gateway_process import GatewayProcess
 from tests.support.helpers import error_of, wait_for_subscribers
-from tests.support.jobs import publish_entries
+from tests.support.jobs import Line, publish_entries, publish_job
 
 
 async def test_head_on_a_stream_is_refused_without_a_body_and_not_counted(api: Client) -> None:
@@ -160,3 +163,59 @@ async def test_the_first_read_after_a_redis_restart_is_answered(
     server.stop()
     server.start()
     assert [(await client.get("/v1/jobs/r")).status for _ in range(3)] == [200, 200, 200]
+
+
+def _command_calls(url: str, command: str) -> int:
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_sparse_tail_start_reads_a_bounded_part_of_the_stream_then_goes_live(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """``tail=1&step=nope`` read the whole stream backwards looking for a match (2 s of gateway
+    CPU per request on a 500k-entry job, unbounded)."""
+    publish_entries(redis_server.url, "sparse", 30_000, end=False)
+    client = await make_gateway(page_entries=200)
+    before = _command_calls(redis_server.url, "xrevrange")
+    resp = await client.get("/v1/jobs/sparse/stream?tail=1&step=nope")
+    assert resp.status == 200
+    retry = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+    head = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)  # the id-only cursor move
+    assert retry.startswith(b"retry: ")
+    pages = _command_calls(redis_server.url, "xrevrange") - before
+    assert pages <= MAX_SCAN_PAGES + 2, f"{pages} pages of 200 read for one tail=1 start"
+    assert b"id: " in head
+    await client.post("/v1/jobs/sparse/logs", json=[{"msg": "found", "step": "nope"}])
+    line = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+    assert b'"msg":"found"' in line, "live after the bounded look back"
+    resp.close()
+
+
+async def test_tail_starts_are_not_held_for_the_life_of_the_stream(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """Each caught-up client of ``tail=5000`` kept its whole initial batch (6.3 MiB each on a
+    20k-entry job), against 16 KiB for ``after=$``: memory per client is one page at most."""
+    publish_job(
+        redis_server.url, "big", (Line(f"{i} " + "x" * 1000, "s", "w") for i in range(3000)), end=None
+    )
+    client = await make_gateway()
+    tracemalloc.start()
+    try:
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        streams = [await client.get("/v1/jobs/big/stream?tail=3000") for _ in range(8)]
+        for resp in streams:
+            seen = 0
+            while seen < 3000:
+                seen += (await asyncio.wait_for(resp.content.readany(), 5)).count(b"\ndata: ")
+        await wait_for_subscribers(client.app[GATEWAY], 8, parked=True)
+        gc.collect()
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    for resp in streams:
+        resp.close()
+    per_start = 3000 * 1100
+    assert held < 2 * per_start, f"{held / 2**20:.1f} MiB held by 8 caught-up tail=3000 clients"
