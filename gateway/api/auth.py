@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from urllib.parse import unquote_plus
 
 import jwt
 from aiohttp import web
@@ -44,7 +45,6 @@ MAX_TTL_S = 366 * 24 * 3600
 PUBLIC_ROUTES = frozenset({"/", "/healthz", "/readyz", "/openapi.json", "/static"})
 _PATTERN_RE = re.compile(r"[A-Za-z0-9._:*?-]{1,128}")  # job-id characters plus the two wildcards
 _SUB_RE = re.compile(r"[^\x00-\x1f\x7f]{1,128}")
-_TOKEN_IN_URL = re.compile(r"(?i)(token=)[^&\s\"]*")
 _REALM = 'Bearer realm="logbroker"'
 # what each route needs; None: a valid token of any scope (unknown routes then answer 404/405)
 _ROUTE_SCOPES: dict[tuple[str, str], str] = {
@@ -139,6 +139,10 @@ def verify_token(token: str, secret: str, leeway_s: float) -> Grant:
         raise unauthorized("token has no exp claim") from None
     except jwt.PyJWTError as e:
         raise unauthorized(f"token is malformed ({type(e).__name__})") from None
+    exp = claims.get("exp")
+    if isinstance(exp, int | float) and exp - time.time() > MAX_TTL_S:
+        # a token that lives for ever is a leaked password: the bound mint_token keeps, enforced
+        raise unauthorized(f"token expires more than {MAX_TTL_S // 86400} days from now")
     try:
         return Grant(
             check_pattern(claims.get("jobs")), check_scopes(claims.get("scope")), check_sub(claims.get("sub"))
@@ -212,8 +216,18 @@ def auth_middleware(secret: str, leeway_s: float) -> Middleware:
 
 
 def redact(text: str) -> str:
-    """``token=<anything>`` in a URL becomes ``token=<redacted>``."""
-    return _TOKEN_IN_URL.sub(r"\1<redacted>", text)
+    """A ``token`` parameter's value in a URL becomes ``<redacted>``, whatever the spelling of its
+    name (``?%74oken=`` authenticates like ``?token=``: names are compared decoded)."""
+    head, sep, query = text.partition("?")
+    if not sep:
+        return text
+    parts = []
+    for part in query.split("&"):
+        name, _, _ = part.partition("=")
+        if unquote_plus(name).strip().lower() == "token":
+            part = f"{name}=<redacted>"
+        parts.append(part)
+    return f"{head}?{'&'.join(parts)}"
 
 
 class RedactingAccessLogger(AbstractAccessLogger):

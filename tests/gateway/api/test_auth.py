@@ -407,3 +407,22 @@ def test_tokens_never_reach_the_access_log(caplog: pytest.LogCaptureFixture) -> 
         "/v1/jobs/job-a/stream?after=1-0&token=<redacted>" in line and "http://gw/?token=<redacted>" in line
     )
     assert redact("/x?a=1&TOKEN=abc&b=2") == "/x?a=1&TOKEN=<redacted>&b=2"
+
+
+async def test_a_token_that_outlives_the_longest_ttl_is_refused(secured: Client) -> None:
+    """A token with ``exp`` in year 9999 was accepted: a password that never expires."""
+    forever = token(ttl=10**10)
+    error = await error_of(await secured.get("/v1/jobs/job-a", headers=bearer(forever)), 401)
+    assert "days from now" in error["message"]
+    assert (await secured.get("/v1/jobs/job-a", headers=bearer(token(ttl=300 * 86400)))).status != 401
+
+
+def test_a_token_under_an_encoded_parameter_name_is_redacted_too(caplog: pytest.LogCaptureFixture) -> None:
+    """``?%74oken=<jwt>`` authenticates (the gateway decodes parameter names) but was logged as is."""
+    secret_token = token("job-a")
+    for spelling in ("%74oken", "%54OKEN", "to%6Ben", "token%20", "+token"):
+        assert secret_token not in redact(f"/v1/jobs/job-a/stream?a=1&{spelling}={secret_token}&b=2"), (
+            spelling
+        )
+    assert redact("/x?a=1&tokens=abc") == "/x?a=1&tokens=abc", "another parameter stays as it is"
+    assert redact("/v1/jobs/token=abc") == "/v1/jobs/token=abc", "a path is not a query"
