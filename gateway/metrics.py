@@ -20,7 +20,8 @@ class Metrics:
         )
         self.client_lag = Histogram(
             "logbroker_sse_client_lag_seconds",
-            "Age of the newest entry in each write to a client (stored -> written)",
+            "Age of the newest entry in each write to a live client (stored -> written); clients reading"
+            " history or with no entry yet are not sampled",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )

@@ -302,7 +302,10 @@ class Subscriber:
             self.report()
 
     def report(self) -> None:
-        """Add what was sent since the last report to the metrics (with one lag sample)."""
+        """Add what was sent since the last report to the metrics, with one lag sample when the
+        client is live: its cursor is an entry the ring took in (stored after this gateway began
+        watching the job). A client reading history, or with no entry yet, lags nothing: the age
+        of an old job's entries is not a delay of ours."""
         entries, size, writes, pushes = self._unreported
         if not writes:
             return
@@ -311,7 +314,8 @@ class Subscriber:
         metrics.bytes_sent.inc(size)
         if pushes:
             metrics.pushes.inc(pushes)
-        metrics.client_lag.observe(max(0.0, time.time() - self.cursor[0] / 1000))
+        if self.cursor > self.ring.base and not self._backlog:
+            metrics.client_lag.observe(max(0.0, time.time() - self.cursor[0] / 1000))
         self._unreported = [0, 0, 0, 0]
 
     def _chunk_bytes(self) -> int:

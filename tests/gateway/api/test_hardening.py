@@ -219,3 +219,33 @@ async def test_tail_starts_are_not_held_for_the_life_of_the_stream(
         resp.close()
     per_start = 3000 * 1100
     assert held < 2 * per_start, f"{held / 2**20:.1f} MiB held by 8 caught-up tail=3000 clients"
+
+
+def _lag_samples(client: Client) -> tuple[float, float]:
+    registry = client.app[GATEWAY].metrics.registry
+    count = registry.get_sample_value("logbroker_sse_client_lag_seconds_count") or 0.0
+    total = registry.get_sample_value("logbroker_sse_client_lag_seconds_sum") or 0.0
+    return count, total
+
+
+async def test_client_lag_is_sampled_only_for_live_clients(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """The lag histogram summed 3.59e9 s over 320 samples: a client with no entry yet has cursor
+    (0, 0) and its heartbeats sampled time.time() - 0; replays of old jobs counted as lag too."""
+    publish_entries(redis_server.url, "history", 300)
+    client = await make_gateway(heartbeat_s=0.05)
+    waiting = await client.get("/v1/jobs/not-yet/stream")
+    await asyncio.sleep(0.3)  # heartbeats only
+    replay = await client.get("/v1/jobs/history/stream")
+    await asyncio.wait_for(replay.read(), 5)  # the whole ended job, read from history
+    waiting.close()
+    await wait_for_subscribers(client.app[GATEWAY], 0)
+    assert _lag_samples(client) == (0.0, 0.0)
+    live = await client.get("/v1/jobs/now/stream")
+    await wait_for_subscribers(client.app[GATEWAY], 1, parked=True)
+    await client.post("/v1/jobs/now/logs", json=[{"msg": "m"}, {"msg": "e", "kind": "end", "status": "ok"}])
+    await asyncio.wait_for(live.read(), 5)
+    await wait_for_subscribers(client.app[GATEWAY], 0)
+    count, total = _lag_samples(client)
+    assert count >= 1 and total < 5, "a live client's writes are sampled, from the entry's time"
