@@ -39,7 +39,10 @@ class GatewaySettings(BaseSettings):
 
     # hide_input_in_errors: a refused LOGBROKER_AUTH_SECRET (or a Redis URL password) is never echoed
     model_config = SettingsConfigDict(
-        env_prefix="LOGBROKER_", extra="ignore", frozen=True, hide_input_in_errors=True,
+        env_prefix="LOGBROKER_",
+        extra="ignore",
+        frozen=True,
+        hide_input_in_errors=True,
         env_ignore_empty=True,  # `${VAR:-}` in a compose file means unset, not an empty value
     )
 

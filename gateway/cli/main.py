@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import redis
 from pydantic import ValidationError
 
 from ..api.auth import mint_token
@@ -153,4 +155,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RedisServerError as e:
         print(f"logbroker: {e}", file=sys.stderr)
         return 1
+    except (OSError, redis.RedisError) as e:  # port in use, Redis unreachable: one line, no traceback
+        print(f"logbroker {args.command}: {_startup_failure(e, settings)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _startup_failure(e: BaseException, settings: GatewaySettings) -> str:
+    if isinstance(e, redis.RedisError):
+        where = settings.redis_url or (
+            f"Sentinel master {settings.sentinel_master}" if settings.sentinels else ""
+        )
+        return f"Redis {where} is not reachable: {e}".replace("  ", " ")
+    if isinstance(e, OSError) and e.errno == errno.EADDRINUSE:
+        return f"cannot listen on {settings.host}:{settings.port}: the address is in use ({e.strerror})"
+    return f"{type(e).__name__}: {e}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
-from gateway.cli.redis_server import free_port
+from gateway.cli.redis_server import RedisServer, free_port
 from gateway.settings import GatewaySettings
 from tests.support.paths import ROOT
 
@@ -185,3 +186,29 @@ def test_event_loop_setting_picks_the_loop(monkeypatch: pytest.MonkeyPatch) -> N
     loop.close()
     with pytest.raises(SystemExit, match="uvloop is not installed"):
         new_event_loop("uvloop")
+
+
+def test_startup_failures_are_one_clear_line_and_a_non_zero_exit(tmp_path: Path) -> None:
+    """A port in use or an unreachable Redis printed a 27-frame traceback."""
+    serve = [sys.executable, "-m", "gateway", "--host", "127.0.0.1"]
+    unreachable = subprocess.run(
+        [*serve, "--port", str(free_port()), "--redis-url", f"redis://127.0.0.1:{free_port()}/0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = RedisServer(tmp_path / "redis", appendonly=False).start()
+        try:
+            in_use = subprocess.run(
+                [*serve, "--port", str(port), "--redis-url", server.url],
+                cwd=ROOT, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+        finally:
+            server.stop()
+    for result, says in ((unreachable, "is not reachable"), (in_use, "the address is in use")):
+        last = result.stderr.strip().splitlines()[-1]
+        assert result.returncode == 1, result.stderr
+        assert "Traceback" not in result.stderr, result.stderr
+        assert last.startswith("logbroker serve: ") and says in last, last
