@@ -17,6 +17,7 @@ from ..settings import GatewaySettings
 from . import cors, ingest, jobs, openapi, ops, replay
 from .auth import auth_middleware
 from .error_middleware import error_middleware
+from .params import query_middleware
 from .state import GATEWAY, Gateway
 from .stream import stream_job
 
@@ -54,12 +55,14 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
 
 def _middlewares(settings: GatewaySettings) -> list[Middleware]:
     """Errors outermost, so that CORS refusals and 401/403 answers are JSON like any other error;
-    the CORS preflight before auth, because a preflight never carries a token."""
+    the CORS preflight before auth, because a preflight never carries a token; the query check
+    last, so it never tells an unauthenticated client more than a 401."""
     chain: list[Middleware] = [error_middleware]
     if settings.cors_origins:
         chain.append(cors.preflight_middleware(settings.cors_origins))
     if settings.auth_secret is not None:
         chain.append(auth_middleware(settings.auth_secret.get_secret_value(), settings.auth_leeway_s))
+    chain.append(query_middleware())
     return chain
 
 

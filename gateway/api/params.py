@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
+from multidict import MultiMapping
 
 from broker.constants import KINDS, LEVELS
 from broker.entry import check_job_id, check_name
@@ -12,6 +14,20 @@ from broker.errors import InvalidEntry
 
 from ..errors import bad_request
 from ..live.filter import Filter
+from .error_middleware import Handler
+
+FILTERS = frozenset({"step", "worker", "level", "kind"})
+# The query parameters each API route takes (``token`` is auth's, on every route). Any other, or
+# one given twice, is a 400 naming it: ``levle=error`` silently filtering nothing, or
+# ``limit=1&limit=abc`` taking the first, hid the client's mistake.
+ROUTE_QUERY: dict[tuple[str, str], frozenset[str]] = {
+    ("GET", "/v1/jobs"): frozenset({"limit", "cursor", "status"}),
+    ("GET", "/v1/jobs/{job}"): frozenset(),
+    ("GET", "/v1/jobs/{job}/logs"): frozenset({"after", "before", "limit", "order", "format"}) | FILTERS,
+    ("POST", "/v1/jobs/{job}/logs"): frozenset(),
+    ("GET", "/v1/jobs/{job}/stream"): frozenset({"after", "tail"}) | FILTERS,
+}
+ANY_ROUTE = frozenset({"token"})
 
 
 def job_of(request: web.Request) -> str:
@@ -58,3 +74,31 @@ def filter_of(query: Mapping[str, str]) -> Filter:
             )
         kinds = frozenset(KINDS[k] for k in names)
     return Filter(step, worker, min_level, kinds)
+
+
+def query_middleware() -> Middleware:
+    """Checks the query of the API routes against ``ROUTE_QUERY`` before their handler runs."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        method = "GET" if request.method == "HEAD" else request.method
+        allowed = ROUTE_QUERY.get((method, resource.canonical)) if resource is not None else None
+        if allowed is not None:
+            check_query(request.query, allowed | ANY_ROUTE)
+        return await handler(request)
+
+    return middleware
+
+
+def check_query(query: MultiMapping[str], allowed: frozenset[str]) -> None:
+    seen: set[str] = set()
+    for name, _ in query.items():  # a repeated name comes once per value (its keys only once)
+        if name not in allowed:
+            known = ", ".join(sorted(allowed))
+            raise bad_request(
+                "unknown_parameter", f"unknown query parameter {name!r:.40} (this route takes {known})"
+            )
+        if name in seen:
+            raise bad_request("repeated_parameter", f"query parameter {name!r:.40} is given more than once")
+        seen.add(name)
