@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     tail.add_argument("--cursor-file", type=Path, help="resume from (and keep) the cursor in this file")
     tail.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     tail.add_argument("--token", help="a read token when the gateway requires auth (or LOGBROKER_TOKEN)")
+    tail.add_argument(
+        "--retry-for", type=float, default=120.0, metavar="SECONDS",
+        help="give up (exit 4) when the gateway cannot be reached for this long (default 120)",
+    )  # fmt: skip
     _token_parser(sub)
     return parser
 
@@ -103,7 +107,7 @@ def run_tail(args: argparse.Namespace, settings: GatewaySettings) -> int:
     options = TailOptions(
         base_url=base_url, job=args.job, after=args.after, tail=args.tail, step=args.step, worker=args.worker,
         level=args.level, as_json=args.json, cursor_file=args.cursor_file, color=color,
-        token=args.token or os.environ.get("LOGBROKER_TOKEN"),
+        token=args.token or os.environ.get("LOGBROKER_TOKEN"), retry_for_s=args.retry_for,
     )  # fmt: skip
     try:
         return asyncio.run(Tail(options).run())

@@ -2,7 +2,10 @@
 
 The cursor is the last event id; every reconnect sends it as ``Last-Event-ID``, so a line is
 never printed twice and none is skipped. With ``--cursor-file`` the cursor also survives this
-process. Exit status: 0 when the job completed, 1 when it ended otherwise, 2 on a usage error.
+process. Exit status: 0 when the job completed, 1 when it ended otherwise, 2 on a usage error
+(the gateway refused the request, or the URL is not http(s)), 3 when a filter matched no entry of
+the ended job, 4 when the gateway could not be reached for ``retry_for_s``, 141 when standard
+output was closed (``logbroker tail JOB | head``), quietly, like a tool ended by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ _COLORS = {
 }
 _RESET = "\x1b[0m"
 SUCCESS = frozenset({"completed", "succeeded", "success", "ok", "done"})
+EXIT_NOTHING_MATCHED = 3
+EXIT_UNREACHABLE = 4
+EXIT_OUTPUT_CLOSED = 141  # 128 + SIGPIPE, as a shell reports a tool that wrote into a closed pipe
 
 
 @dataclass
@@ -47,6 +53,7 @@ class TailOptions:
     cursor_file: Path | None = None
     color: bool = False
     token: str | None = None  # sent as a Bearer token when the gateways require auth
+    retry_for_s: float = 120.0  # give up when no connection succeeded for this long
 
 
 def format_line(entry: dict[str, Any], color: bool) -> str:
@@ -65,6 +72,8 @@ class Tail:
         self.err = err
         self.cursor = options.after or self._load_cursor()
         self.final_status: str | None = None
+        self.matched = 0  # entries shown, the end entry aside
+        self._said_waiting = False
 
     def _load_cursor(self) -> str:
         f = self.o.cursor_file
@@ -85,16 +94,43 @@ class Tail:
         return params
 
     async def run(self) -> int:
+        if not self.o.base_url.startswith(("http://", "https://")):
+            print(
+                f"logbroker tail: --url must start with http:// or https://, got {self.o.base_url!r}",
+                file=self.err,
+            )
+            return 2
+        try:
+            return await self._follow()
+        except BrokenPipeError:  # our reader went away: nothing to say, and no one to say it to
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self.out.fileno())  # no error at exit
+            return EXIT_OUTPUT_CLOSED
+
+    async def _follow(self) -> int:
         backoff = Backoff(100, 3000)
+        loop = asyncio.get_running_loop()
+        reached = loop.time()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as http:
             while self.final_status is None:
                 try:
                     await self._connect(http)
                     backoff.reset()
+                    reached = loop.time()
                 except GatewayRefused as e:
                     print(f"logbroker tail: {e}", file=self.err)
                     return 2
+                except BrokenPipeError:
+                    raise
                 except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
+                    if isinstance(e, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+                        reached = loop.time()  # the gateway answered: it is there, just failing
+                    if loop.time() - reached > self.o.retry_for_s:
+                        print(
+                            f"logbroker tail: cannot reach {self.o.base_url} ({type(e).__name__}: {e}); "
+                            f"gave up after {self.o.retry_for_s:.0f}s",
+                            file=self.err,
+                        )
+                        return EXIT_UNREACHABLE
                     delay = backoff.next_delay_s()
                     print(
                         f"logbroker tail: connection lost ({type(e).__name__}), resuming in {delay:.1f}s",
@@ -102,6 +138,9 @@ class Tail:
                     )
                     await asyncio.sleep(delay)
         self._save_cursor()
+        if self.matched == 0 and (self.o.step or self.o.worker or self.o.level):
+            print(f"logbroker tail: no entry of job {self.o.job} matched the filters", file=self.err)
+            return EXIT_NOTHING_MATCHED
         return 0 if self.final_status in SUCCESS else 1
 
     async def _connect(self, http: aiohttp.ClientSession) -> None:
@@ -111,11 +150,13 @@ class Tail:
         url = f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}/stream"
         async with http.get(url, params=self._params(), headers=headers) as resp:
             if resp.status == 204:  # we are past the end already
-                self.final_status = await self._job_status(http)
+                self.final_status = await self._job_status(http) or "unknown"
+                self.matched += 1  # it matched before (the cursor is past it): nothing to report
                 return
             if 400 <= resp.status < 500:
                 raise GatewayRefused(f"{resp.status}: {(await resp.text())[:300]}")
             resp.raise_for_status()
+            await self._say_if_waiting(http)
             parser = SSEParser()
             async for chunk in resp.content.iter_any():
                 for message in parser.feed(chunk):
@@ -139,12 +180,25 @@ class Tail:
         )
         if message.event == "end":
             self.final_status = entry.get("status") or "unknown"
+        else:
+            self.matched += 1
 
-    async def _job_status(self, http: aiohttp.ClientSession) -> str:
+    async def _say_if_waiting(self, http: aiohttp.ClientSession) -> None:
+        """Once: a job that does not exist yet is waited for, and the user is told so."""
+        if self._said_waiting or self.cursor:
+            return
+        self._said_waiting = True
+        if await self._job_status(http) is None:
+            print(f"logbroker tail: job {self.o.job} does not exist yet; waiting for it", file=self.err)
+
+    async def _job_status(self, http: aiohttp.ClientSession) -> str | None:
+        """The job's status (``"unknown"`` when it has none or cannot be read); ``None``: no such job."""
         headers = {"Authorization": f"Bearer {self.o.token}"} if self.o.token else {}
         async with http.get(
             f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}", headers=headers
         ) as resp:
+            if resp.status == 404:
+                return None
             if resp.status != 200:
                 return "unknown"
             return str((await resp.json()).get("status") or "unknown")

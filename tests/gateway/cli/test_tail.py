@@ -138,3 +138,67 @@ def test_tail_and_demo_work_when_the_gateway_requires_a_token(
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert demo.returncode == 0 and "  lost = 0" in demo.stdout.splitlines(), demo.stdout + demo.stderr
+
+
+def test_tail_into_a_closed_pipe_exits_quietly(redis_server: RedisServer, tmp_path: Path) -> None:
+    """``logbroker tail JOB | head`` never exited: the closed stdout was taken for a lost
+    connection, and 277 "connection lost (BrokenPipeError), resuming" lines followed."""
+    publish_slowly(redis_server.url, "piped", 5000, pace_s=0)
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        proc = tail(gw, "piped", "--color", "never")
+        assert proc.stdout is not None
+        first = [proc.stdout.readline() for _ in range(2)]
+        proc.stdout.close()  # what head does after its lines
+        try:
+            proc.wait(timeout=15)
+        finally:
+            proc.kill()
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        proc.stderr.close()
+    finally:
+        gw.stop()
+    assert all("line" in line for line in first)
+    assert proc.returncode == 141, err
+    assert "connection lost" not in err and "Traceback" not in err, err
+
+
+def test_tail_says_what_it_waits_for_and_what_matched_nothing(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """An unknown job was waited for silently; ``--step nope`` on an ended job exited 0 with no word."""
+    publish_slowly(redis_server.url, "done", 3, pace_s=0)
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        nothing = tail(gw, "done", "--step", "nope")
+        waiting = tail(gw, "later")
+        assert waiting.stderr is not None
+        said = waiting.stderr.readline()
+        publish_slowly(redis_server.url, "later", 2, pace_s=0)
+        out, _ = waiting.communicate(timeout=30)
+        nothing_out, nothing_err = nothing.communicate(timeout=30)
+    finally:
+        gw.stop()
+    assert "job later does not exist yet; waiting" in said
+    assert waiting.returncode == 0 and len(out.splitlines()) == 3
+    assert nothing.returncode == 3, nothing_err
+    assert "no entry of job done matched" in nothing_err
+    assert [line.split()[-3:] for line in nothing_out.splitlines()] == [["(job:", "done", '"Tail")']], (
+        "the end only"
+    )
+
+
+def test_tail_gives_up_on_a_gateway_it_cannot_reach(tmp_path: Path) -> None:
+    """An unreachable gateway or a URL without a scheme was retried for ever."""
+    no_scheme = subprocess.run(
+        [*CLI, "tail", "--url", "127.0.0.1:8080", "j"], capture_output=True, text=True, timeout=30
+    )
+    started = time.monotonic()
+    unreachable = subprocess.run(
+        [*CLI, "tail", "--url", f"http://127.0.0.1:{free_port()}", "--retry-for", "1", "j"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert no_scheme.returncode == 2 and "must start with http://" in no_scheme.stderr
+    assert unreachable.returncode == 4, unreachable.stderr
+    assert "cannot reach" in unreachable.stderr and time.monotonic() - started < 15
