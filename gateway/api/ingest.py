@@ -39,6 +39,7 @@ from broker.outbox import Batch
 from ..errors import ApiError, bad_request, redis_failure
 from ..metrics import Metrics
 from ..settings import GatewaySettings
+from .body import read_body
 from .params import job_of
 from .state import GATEWAY, Gateway
 
@@ -80,7 +81,7 @@ async def post_logs(request: web.Request) -> web.Response:
 async def _ingest(gw: Gateway, request: web.Request) -> web.Response:
     job = job_of(request)
     ndjson = _is_ndjson(request)
-    body = await request.read()
+    body = await read_body(request, gw.settings.max_body_bytes)
     if len(body) > _THREAD_BODY_BYTES:
         parsed = await asyncio.to_thread(prepare, gw.settings, gw.metrics, job, body, ndjson)
     else:

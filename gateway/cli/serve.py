@@ -51,6 +51,7 @@ def serve(settings: GatewaySettings) -> None:
             # a client that hangs up ends its handler at once: its stream's slot is free at once,
             # not at its next write (a reconnect loop otherwise filled max_clients)
             handler_cancellation=True,
+            auto_decompress=False,  # ingest inflates bodies itself, within the body limit (api/body.py)
         )  # fmt: skip
 
 

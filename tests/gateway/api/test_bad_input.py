@@ -14,8 +14,10 @@ events; where they are not (step, worker...) the table expects a 400.
 
 from __future__ import annotations
 
+import gzip
 import http.client
 import json
+import zlib
 from collections.abc import Iterator
 from contextlib import suppress
 from dataclasses import dataclass
@@ -60,6 +62,17 @@ def nested(depth: int) -> dict[str, Any]:
 
 LOGS, STREAM = "/v1/jobs/known/logs", "/v1/jobs/known/stream"
 BIG = "x" * (10 * MB)
+
+
+def gzip_bomb(inflated_mb: int) -> bytes:
+    """A gzip body of ~1 KB per inflated MiB, made without holding the inflated bytes."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+    spaces = b" " * MB
+    parts = [packer.compress(b"[")] + [packer.compress(spaces) for _ in range(inflated_mb)]
+    return b"".join([*parts, packer.compress(b"]"), packer.flush()])
+
+
+BOMB = gzip_bomb(64)  # 64 KB that inflate to 64 MiB, four times the body limit
 
 
 def raw(
@@ -185,6 +198,31 @@ CASES: list[Any] = [
         b"\x1f\x8b not gzip",
         {**JSON, "Content-Encoding": "gzip"},
     ),
+    body(
+        "content-encoding-unknown",
+        415,
+        "unsupported_media_type",
+        b'[{"msg":"m"}]',
+        {**JSON, "Content-Encoding": "evil"},
+    ),
+    body(
+        "content-encoding-br",
+        415,
+        "unsupported_media_type",
+        b'[{"msg":"m"}]',
+        {**JSON, "Content-Encoding": "br"},
+    ),
+    body(
+        "content-encoding-list",
+        415,
+        "unsupported_media_type",
+        b"[]",
+        {**JSON, "Content-Encoding": "gzip, evil"},
+    ),
+    body("gzip-bomb", 413, "body_too_large", BOMB, {**JSON, "Content-Encoding": "gzip"}),
+    body("gzip-cut-short", 400, "invalid_body", BOMB[:1000], {**JSON, "Content-Encoding": "gzip"}),
+    body("deflate-ok", 200, None, zlib.compress(b'[{"msg":"m"}]'), {**JSON, "Content-Encoding": "deflate"}),
+    body("gzip-ok", 200, None, gzip.compress(b'[{"msg":"m"}]'), {**JSON, "Content-Encoding": "gzip"}),
     # --- bodies: JSON, NDJSON, encodings, types, sizes
     body("json-truncated", 400, "invalid_json", b'[{"msg":'),
     body("json-with-bom", 400, "invalid_json", b"\xef\xbb\xbf" + entries({"msg": "m"})),
