@@ -276,7 +276,8 @@ def test_the_image_runs_the_declared_console_script() -> None:
     assert project["requires-python"] == ">=3.11"
     assert any(name == "RUN" and "pip install ." in rest for name, rest in steps)
     copied = {src for name, rest in steps if name == "COPY" for src in rest.split()[:-1]}
-    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packages = {name.split(".")[0] for name in found["include"]}  # broker, gateway and their sub-packages
     assert {"pyproject.toml", project["readme"], *packages} <= copied, "what pip install . needs"
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()}
     assert not ignored & copied, ".dockerignore keeps out nothing the build copies"
