@@ -4,6 +4,9 @@ The job index is one sorted set per partition (score = last activity in ms, memb
 the list merges all partitions in one pipelined round trip per page. Its order is (score, job id)
 descending, and the opaque cursor ``<score>:<job>`` names the last job returned: the next page
 starts strictly after it, so paging never repeats or skips a job that did not move meanwhile.
+When a token's pattern hides jobs and a page ends on one of those, the cursor names it by a keyed
+hash (``<score>:~<hmac>``), resolved among the jobs of that millisecond: a cursor never tells a
+client the id of a job its token does not cover.
 
 Meta comes from the job's meta hash, whose counters the write script keeps exact (docs/design.md §10): a
 job's and each step's totals are one ``HGETALL``, never a scan of the stream.
@@ -11,6 +14,8 @@ job's and each step's totals are one ``HGETALL``, never a scan of the stream.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 from typing import Any, cast
 
@@ -44,7 +49,7 @@ async def list_jobs(request: web.Request) -> web.Response:
     grant: Grant | None = request.get(AUTH)
     only = None if grant is None or grant.all_jobs else grant
     limit = int_param(request.query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
-    cursor = _cursor_of(request.query.get("cursor"))
+    cursor = await _resolve(gw, _cursor_of(request.query.get("cursor")))
     status = _status_of(request.query.get("status"))
     found: list[dict[str, Any]] = []
     for _ in range(_MAX_ROUNDS):
@@ -62,6 +67,8 @@ async def list_jobs(request: web.Request) -> web.Response:
         cursor = candidates[-1] if candidates else cursor
         if exhausted:
             return _page(found, None)
+    if cursor is not None and only is not None and not only.covers(cursor[1]):
+        cursor = _hidden(gw, cursor)
     return _page(found, cursor)
 
 
@@ -79,6 +86,36 @@ def _page(jobs: list[dict[str, Any]], after: Position | None) -> web.Response:
     return web.json_response({"jobs": jobs, "next": None if after is None else f"{after[0]}:{after[1]}"})
 
 
+_HIDDEN = "~"  # not a job-id character: marks a hashed position
+_TIES_TOP = "\x7f"  # sorts after every job id: "before every job of this millisecond"
+
+
+def _digest(gw: Gateway, job: str) -> str:
+    secret = gw.settings.auth_secret
+    key = secret.get_secret_value().encode() if secret is not None else b""
+    return hmac.new(key, job.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def _hidden(gw: Gateway, position: Position) -> Position:
+    return position[0], _HIDDEN + _digest(gw, position[1])
+
+
+async def _resolve(gw: Gateway, position: Position | None) -> Position | None:
+    """A hashed position back to the job of that millisecond it names; when that job has moved
+    since (or expired), the page starts at the top of the millisecond: a repeat, never a skip."""
+    if position is None or not position[1].startswith(_HIDDEN):
+        return position
+    score, wanted = position[0], position[1][1:]
+    pipe = gw.redis.pipeline(transaction=False)
+    for p in range(gw.keyspace.partitions):
+        pipe.zrangebyscore(gw.keyspace.index(p), score, score)
+    replies: list[list[bytes]] = await pipe.execute()
+    for member in (m.decode() for reply in replies for m in reply):
+        if hmac.compare_digest(_digest(gw, member), wanted):
+            return score, member
+    return score, _TIES_TOP
+
+
 def _cursor_of(raw: str | None) -> Position | None:
     if raw is None:
         return None
@@ -86,6 +123,8 @@ def _cursor_of(raw: str | None) -> Position | None:
     try:
         if not sep or not score.isdigit() or len(score) > 19:
             raise ValueError("malformed")
+        if job.startswith(_HIDDEN) and len(job) == 33 and all(c in "0123456789abcdef" for c in job[1:]):
+            return int(score), job
         return int(score), check_job_id(job)
     except (ValueError, InvalidEntry):
         message = f"cursor must be a value from a previous 'next', got {raw!r:.80}"

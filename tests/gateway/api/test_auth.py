@@ -426,3 +426,33 @@ def test_a_token_under_an_encoded_parameter_name_is_redacted_too(caplog: pytest.
         )
     assert redact("/x?a=1&tokens=abc") == "/x?a=1&tokens=abc", "another parameter stays as it is"
     assert redact("/v1/jobs/token=abc") == "/v1/jobs/token=abc", "a path is not a query"
+
+
+async def test_a_job_list_cursor_never_names_a_job_the_token_does_not_cover(
+    redis_server: RedisServer, make_gateway: MakeGateway
+) -> None:
+    """After 20 rounds without filling a page, ``next`` was the last job scanned, e.g.
+    ``1796143447190:tenantB-secret-project-99`` for a ``tenantA-*`` token."""
+    with SyncPublisher(redis_server.url) as pub:
+        pub.job("tenantA-old").info("x")
+        for i in range(2500):
+            pub.job(f"tenantB-secret-{i:04d}").info("x")
+        pub.job("tenantA-new").info("x")
+    api = await make_gateway(auth_secret=SECRET)
+    auth = bearer(token("tenantA-*"))
+    seen: list[str] = []
+    cursors: list[str] = []
+    cursor = None
+    for _ in range(20):
+        query = "/v1/jobs?limit=5" + (f"&cursor={cursor}" if cursor else "")
+        body = await (await api.get(query, headers=auth)).json()
+        seen += [j["job"] for j in body["jobs"]]
+        cursor = body["next"]
+        if cursor is None:
+            break
+        cursors.append(cursor)
+    assert seen == ["tenantA-new", "tenantA-old"], "paging still reaches every covered job"
+    assert cursors, "the hidden jobs made the list answer before the end"
+    assert not [c for c in cursors if "tenantB" in c], cursors
+    forged = await api.get("/v1/jobs?cursor=1:~" + "0" * 32, headers=auth)
+    assert forged.status == 200, "an unknown hash starts that millisecond from its top"
