@@ -28,24 +28,24 @@ import datetime
 import json
 import multiprocessing
 import os
-import queue
 import secrets
 import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import redis
 from harness import (
     MESSAGE_BYTES,
     ROOT,
+    Children,
     GatewayProc,
     cpu_self_s,
     log,
@@ -166,56 +166,6 @@ def client_main(urls: list[str], timeout_s: float, results: multiprocessing.Queu
     except Exception as e:
         report = f"clients: {type(e).__name__}: {e}"
     results.put(report)
-
-
-class Children:
-    """Spawned processes that each put one result (or an error string) on a shared queue.
-
-    Leaving the block joins them; any still running (an error elsewhere) are killed, so no child
-    outlives the benchmark.
-    """
-
-    def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]], timeout_s: float) -> None:
-        self.results: multiprocessing.Queue[Any] = _MP.Queue()
-        self.timeout_s = timeout_s
-        # Process.start() drops its args; a Barrier collected here would vanish before a child loads it
-        self.args = args
-        self.procs = [_MP.Process(target=target, args=(*a, self.results), daemon=True) for a in args]
-
-    def __enter__(self) -> Self:
-        for proc in self.procs:
-            proc.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.join(timeout=10 if exc[0] is None else 0.1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-    def collect(self) -> list[Any]:
-        """One result per process; any failure fails the whole benchmark loudly."""
-        collected: list[Any] = []
-        deadline = time.monotonic() + self.timeout_s + 30
-        while len(collected) < len(self.procs):
-            try:
-                item = self.results.get(timeout=1.0)
-            except queue.Empty:
-                self._check_alive(deadline)
-                continue
-            if isinstance(item, str):
-                raise RuntimeError(f"child process failed: {item}")
-            collected.append(item)
-        return collected
-
-    def _check_alive(self, deadline: float) -> None:
-        """A child that crashed before it could report (or a hang) fails now, not at the deadline."""
-        crashed = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
-        if crashed:
-            raise RuntimeError(f"a child process died without reporting (exit codes {crashed})")
-        if time.monotonic() > deadline:
-            raise RuntimeError("a child process did not report in time")
 
 
 # --- the two topologies ---------------------------------------------------------------------------

@@ -31,7 +31,6 @@ import fcntl
 import json
 import multiprocessing
 import os
-import queue
 import resource
 import shutil
 import socket
@@ -52,6 +51,7 @@ import redis
 from fanout_workload import SMOKE, Sizes, new_job, publish_burst, publish_paced
 from harness import (
     MESSAGE_BYTES,
+    Children,
     CpuUse,
     GatewayProc,
     gateway_settings,
@@ -79,7 +79,6 @@ REPORTED_SETTINGS = (
     "max_clients", "ring_entries", "ring_bytes", "page_entries", "read_block_ms", "read_count",
     "read_linger_ms", "event_loop",
 )  # fmt: skip
-_MP = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from the parent
 
 
 # --- SSE clients (run in child processes) -----------------------------------------------------------
@@ -146,47 +145,12 @@ def client_main(
     results.put(report)
 
 
-class ClientPool:
-    """``clients`` SSE connections to one job, spread over ``procs`` spawned processes."""
-
-    def __init__(self, base: str, job: str, clients: int, procs: int, parsing: int, timeout_s: float) -> None:
-        self.results: multiprocessing.Queue[Any] = _MP.Queue()
-        self.timeout_s = timeout_s
-        url = f"{base}/v1/jobs/{job}/stream"
-        counts = split(clients, procs)
-        parse_counts = split(parsing, procs)
-        self.procs = [
-            _MP.Process(target=client_main, args=(url, n, p, timeout_s, self.results), daemon=True)
-            for n, p in zip(counts, parse_counts, strict=True)
-            if n
-        ]
-
-    def __enter__(self) -> ClientPool:
-        for proc in self.procs:
-            proc.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Children normally exit on their own after the end event; stragglers are killed."""
-        for proc in self.procs:
-            proc.join(timeout=5 if exc[0] is None else 0.1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-    def collect(self) -> list[ProcReport]:
-        """One report per process; any client failure fails the whole benchmark loudly."""
-        reports: list[ProcReport] = []
-        deadline = time.monotonic() + self.timeout_s + 30
-        for _ in self.procs:
-            try:
-                item = self.results.get(timeout=max(1.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError("a client process did not report in time") from None
-            if isinstance(item, str):
-                raise RuntimeError(f"client process failed: {item}")
-            reports.append(item)
-        return reports
+def client_pool(base: str, job: str, clients: int, procs: int, parsing: int, timeout_s: float) -> Children:
+    """``clients`` SSE connections to one job, spread over ``procs`` spawned processes (the first
+    ``parsing`` of them time events); each process reports one ``ProcReport``."""
+    url = f"{base}/v1/jobs/{job}/stream"
+    counts = zip(split(clients, procs), split(parsing, procs), strict=True)
+    return Children(client_main, [(url, n, p, timeout_s) for n, p in counts if n], timeout_s)
 
 
 def tallies_of(reports: list[ProcReport]) -> list[Tally]:
@@ -205,7 +169,7 @@ def measure_throughput(
     log(
         f"1. throughput: {sizes.clients} clients, {sizes.client_processes} processes, {sizes.entries} entries"
     )
-    pool = ClientPool(gw.url, job, sizes.clients, sizes.client_processes, 0, sizes.timeout_s)
+    pool = client_pool(gw.url, job, sizes.clients, sizes.client_processes, 0, sizes.timeout_s)
     with pool:
         gw.wait_for_clients(sizes.clients)
         with py_spy(gw.pid, spy, rate=200):
@@ -252,7 +216,7 @@ def measure_latency(gw: GatewayProc, url: str, rc: redis.Redis, sizes: Sizes) ->
     job = new_job("latency")
     log(f"2. latency: {sizes.rate} entries/s for {sizes.seconds}s to {sizes.clients} clients")
     procs, parsing = sizes.client_processes, sizes.parsing_clients
-    with ClientPool(gw.url, job, sizes.clients, procs, parsing, sizes.timeout_s) as pool:
+    with client_pool(gw.url, job, sizes.clients, procs, parsing, sizes.timeout_s) as pool:
         gw.wait_for_clients(sizes.clients)
         cpu = CpuUse.now(gw, rc)
         achieved = asyncio.run(publish_paced(url, job, sizes.rate, sizes.seconds))
@@ -347,7 +311,7 @@ def measure_slow_clients(url: str, tmp: Path, sizes: Sizes) -> dict[str, Any]:
     with running_gateway(url, tmp, "slow", **SLOW_GATEWAY) as gw, ExitStack() as stack:
         rss: dict[str, int] = {"before": gw.memory_kib()}
         socks = stack.enter_context(slow_sockets(gw, job, sizes.slow_clients))
-        pool = stack.enter_context(ClientPool(gw.url, job, sizes.normal_clients, 1, 0, sizes.timeout_s))
+        pool = stack.enter_context(client_pool(gw.url, job, sizes.normal_clients, 1, 0, sizes.timeout_s))
         gw.wait_for_clients(sizes.slow_clients + sizes.normal_clients)
         time.sleep(sizes.settle_s)
         rss["idle"], tcp_idle = gw.memory_kib(), kernel_tcp_mem_kib()

@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import platform
+import queue
 import resource
 import signal
 import subprocess
@@ -23,7 +25,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import redis
 
@@ -31,6 +33,7 @@ from gateway.redis_server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE_BYTES = 200
+_SPAWN = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from the parent
 
 
 # --- progress, messages, arithmetic ---------------------------------------------------------------
@@ -363,6 +366,59 @@ class CpuUse:
             "redis_cpu_s": round(self.redis_s, 2),
             "publisher_cpu_s": round(self.publisher_s, 2),
         }
+
+
+# --- child processes ----------------------------------------------------------------------------
+
+
+class Children:
+    """Spawned processes that each put one result (or an error string) on a shared queue.
+
+    Leaving the block joins them; any still running (an error elsewhere) are killed, so no child
+    outlives the benchmark.
+    """
+
+    def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]], timeout_s: float) -> None:
+        self.results: multiprocessing.Queue[Any] = _SPAWN.Queue()
+        self.timeout_s = timeout_s
+        # Process.start() drops its args; a Barrier collected here would vanish before a child loads it
+        self.args = args
+        self.procs = [_SPAWN.Process(target=target, args=(*a, self.results), daemon=True) for a in args]
+
+    def __enter__(self) -> Self:
+        for proc in self.procs:
+            proc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            proc.join(timeout=10 if exc[0] is None else 0.1)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def collect(self) -> list[Any]:
+        """One result per process; any failure fails the whole benchmark loudly."""
+        collected: list[Any] = []
+        deadline = time.monotonic() + self.timeout_s + 30
+        while len(collected) < len(self.procs):
+            try:
+                item = self.results.get(timeout=1.0)
+            except queue.Empty:
+                self._check_alive(deadline)
+                continue
+            if isinstance(item, str):
+                raise RuntimeError(f"child process failed: {item}")
+            collected.append(item)
+        return collected
+
+    def _check_alive(self, deadline: float) -> None:
+        """A child that crashed before it could report (or a hang) fails now, not at the deadline."""
+        crashed = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
+        if crashed:
+            raise RuntimeError(f"a child process died without reporting (exit codes {crashed})")
+        if time.monotonic() > deadline:
+            raise RuntimeError("a child process did not report in time")
 
 
 # --- profiling ------------------------------------------------------------------------------------
