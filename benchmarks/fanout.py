@@ -146,8 +146,8 @@ def client_main(
 
 
 def client_pool(base: str, job: str, clients: int, procs: int, parsing: int, timeout_s: float) -> Children:
-    """``clients`` SSE connections to one job, spread over ``procs`` spawned processes (the first
-    ``parsing`` of them time events); each process reports one ``ProcReport``."""
+    """``clients`` SSE connections to one job, spread over ``procs`` spawned processes, ``parsing``
+    of them (spread the same way) timing every event; each process reports one ``ProcReport``."""
     url = f"{base}/v1/jobs/{job}/stream"
     counts = zip(split(clients, procs), split(parsing, procs), strict=True)
     return Children(client_main, [(url, n, p, timeout_s) for n, p in counts if n], timeout_s)

@@ -5,8 +5,8 @@ Why this exists: on two cores the load generator competes with the gateway it me
 whole harness (clients and paced publisher) needs while the gateway needs 2 CPU-s; the latency they
 report is partly their own run-queue wait. ``sse_c_client.c`` reads the same bytes the same way
 (raw body, one regex-equivalent pass per read, receive time once per read; see ``sse_wire``'s
-docstring) in C, with epoll. Same gateway, same paced publisher (``fanout_workload.publish_paced``), same
-report keys, so the two results sit side by side.
+docstring) in C, with epoll. Same gateway, same paced publisher (``fanout_workload.publish_paced``),
+same report keys, so the two results sit side by side.
 
 Usage (from the repository root; needs ``gcc``)::
 
