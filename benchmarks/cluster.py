@@ -28,44 +28,43 @@ import datetime
 import json
 import multiprocessing
 import os
-import queue
 import secrets
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from multiprocessing.synchronize import Barrier
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import redis
-from common import (
+from harness import (
     MESSAGE_BYTES,
+    ROOT,
+    Children,
+    GatewayProc,
     cpu_self_s,
     log,
-    machine_with_aiohttp,
+    machine,
     message,
     proc_cpu_s,
+    running_gateway,
+    sizes_from_args,
     split,
-    stop_process,
 )
 from redis.cluster import RedisCluster
 from sse_wire import EventCounter, stream_all
 
 from broker import Keyspace, Publisher, PublisherConfig, WorkerHandle
-from gateway.cli.redis_server import RedisServer, free_port
+from gateway.cli.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # tests/ is not an installed package; its cluster helper is reused as is
     sys.path.insert(0, str(ROOT))
-from tests.cluster import RedisClusterProcesses  # noqa: E402
+from tests.support.cluster import RedisClusterProcesses
 
 WORKERS_PER_JOB = 2
 MASTERS = 3
@@ -169,56 +168,6 @@ def client_main(urls: list[str], timeout_s: float, results: multiprocessing.Queu
     results.put(report)
 
 
-class Children:
-    """Spawned processes that each put one result (or an error string) on a shared queue.
-
-    Leaving the block joins them; any still running (an error elsewhere) are killed, so no child
-    outlives the benchmark.
-    """
-
-    def __init__(self, target: Callable[..., None], args: list[tuple[Any, ...]], timeout_s: float) -> None:
-        self.results: multiprocessing.Queue[Any] = _MP.Queue()
-        self.timeout_s = timeout_s
-        # Process.start() drops its args; a Barrier collected here would vanish before a child loads it
-        self.args = args
-        self.procs = [_MP.Process(target=target, args=(*a, self.results), daemon=True) for a in args]
-
-    def __enter__(self) -> Self:
-        for proc in self.procs:
-            proc.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for proc in self.procs:
-            proc.join(timeout=10 if exc[0] is None else 0.1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-    def collect(self) -> list[Any]:
-        """One result per process; any failure fails the whole benchmark loudly."""
-        collected: list[Any] = []
-        deadline = time.monotonic() + self.timeout_s + 30
-        while len(collected) < len(self.procs):
-            try:
-                item = self.results.get(timeout=1.0)
-            except queue.Empty:
-                self._check_alive(deadline)
-                continue
-            if isinstance(item, str):
-                raise RuntimeError(f"child process failed: {item}")
-            collected.append(item)
-        return collected
-
-    def _check_alive(self, deadline: float) -> None:
-        """A child that crashed before it could report (or a hang) fails now, not at the deadline."""
-        crashed = [p.exitcode for p in self.procs if p.exitcode not in (None, 0)]
-        if crashed:
-            raise RuntimeError(f"a child process died without reporting (exit codes {crashed})")
-        if time.monotonic() > deadline:
-            raise RuntimeError("a child process did not report in time")
-
-
 # --- the two topologies ---------------------------------------------------------------------------
 
 
@@ -298,80 +247,6 @@ def cluster_target(tmp: Path) -> Iterator[Target]:
             client.close()
     finally:
         cluster.stop()
-
-
-class GatewayProc:
-    """``python -m gateway`` for one topology, with the /proc readings the benchmark needs."""
-
-    def __init__(self, target: Target, log_path: Path) -> None:
-        self.port = free_port()
-        self.log_path = log_path
-        self.env = {
-            **os.environ,
-            "LOGBROKER_REDIS_URL": target.url,
-            "LOGBROKER_REDIS_CLUSTER": "true" if target.cluster else "false",
-        }
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout_s: float = 20.0) -> GatewayProc:
-        """Start and wait for /readyz; a gateway that dies while starting fails with its log."""
-        cmd = [sys.executable, "-m", "gateway", "--port", str(self.port)]
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-3000:]}")
-            if self.ready() is not None:
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"gateway did not become ready: {self.log_path.read_text()[-3000:]}")
-
-    def ready(self) -> dict[str, Any] | None:
-        """GET /readyz: ``{"status": "ready", "clients": n}``, or None when it does not answer 200."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())
-                return answer
-        except (urllib.error.URLError, OSError):
-            return None
-
-    def wait_for_clients(self, n: int, timeout_s: float = 60.0) -> None:
-        """Until the gateway itself reports exactly ``n`` SSE clients (so all are subscribed)."""
-        deadline = time.monotonic() + timeout_s
-        seen = None
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"gateway died: {self.log_path.read_text()[-3000:]}")
-            answer = self.ready()
-            seen = None if answer is None else answer.get("clients")
-            if seen == n:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"gateway reports {seen} clients, expected {n}")
-
-    def cpu_s(self) -> float:
-        assert self.process is not None
-        return proc_cpu_s(self.process.pid)
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-
-@contextmanager
-def running_gateway(target: Target, tmp: Path) -> Iterator[GatewayProc]:
-    """A gateway that is stopped on every way out, errors included."""
-    gw = GatewayProc(target, tmp / f"gateway-{target.name}.log")
-    try:
-        gw.start()
-        log(f"{target.name}: gateway pid {gw.process.pid if gw.process else '?'} on {gw.url}")
-        yield gw
-    finally:
-        gw.stop()
 
 
 # --- the two measurements -------------------------------------------------------------------------
@@ -510,7 +385,8 @@ def measure_delivery(target: Target, tmp: Path, sizes: Sizes) -> dict[str, Any]:
     log(f"{target.name}: 2. delivery, {sizes.clients} clients in {sizes.client_processes} processes")
     jobs = new_jobs(target, "sse", sizes)
     flat = [j for proc_jobs in jobs for j in proc_jobs]
-    with running_gateway(target, tmp) as gw:
+    cluster = "true" if target.cluster else "false"
+    with running_gateway(target.url, tmp, target.name, redis_cluster=cluster) as gw:
         chunks, of_client = client_urls(gw, flat, sizes)
         with Children(client_main, [(c, sizes.timeout_s) for c in chunks], sizes.timeout_s) as clients:
             gw.wait_for_clients(sizes.clients)
@@ -570,13 +446,6 @@ def measure(target: Target, tmp: Path, sizes: Sizes) -> dict[str, Any]:
 # --- the run --------------------------------------------------------------------------------------
 
 
-def machine(target: Target) -> dict[str, Any]:
-    """What the numbers depend on, so a result is never read without its context."""
-    with redis.Redis.from_url(target.url) as client:
-        version = client.info("server").get("redis_version")
-    return machine_with_aiohttp(version)
-
-
 def ratio(cluster: float, single: float) -> float:
     return round(cluster / single, 3)
 
@@ -617,7 +486,8 @@ def run_all(sizes: Sizes) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="logbroker-cluster-bench-") as tmp_name:
         tmp = Path(tmp_name)
         with single_target(tmp) as target:
-            host = machine(target)
+            with redis.Redis.from_url(target.url) as client:
+                host = machine(redis_client=client)
             single = measure(target, tmp, sizes)
         with cluster_target(tmp) as target:
             cluster = measure(target, tmp, sizes)
@@ -634,13 +504,11 @@ def parse_args(argv: list[str] | None) -> Sizes:
     parser.add_argument("--entries", type=int, help=f"entries per publisher process ({d.entries})")
     parser.add_argument("--clients", type=int, help=f"SSE clients in part 2 ({d.clients})")
     args = parser.parse_args(argv)
-    base = SMOKE if args.smoke else d
-    given = {k: v for k, v in vars(args).items() if k in Sizes.__dataclass_fields__ and v is not None}
-    sizes = Sizes(**{**asdict(base), **given})
+    sizes = sizes_from_args(args, d, SMOKE)
     if min(sizes.publishers, sizes.entries, sizes.clients) < 1:
         parser.error("--publishers, --entries and --clients must be >= 1")
     if sizes.client_processes > sizes.clients:
-        sizes = Sizes(**{**asdict(sizes), "client_processes": sizes.clients})
+        sizes = replace(sizes, client_processes=sizes.clients)
     return sizes
 
 

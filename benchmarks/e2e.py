@@ -1,4 +1,4 @@
-"""End to end, fan-out 301 (DESIGN §9): publishers → Redis → gateway → 50 SSE clients, vs. a naive baseline.
+"""End to end, fan-out 301 (docs/design.md §9): publishers → Redis → gateway → 50 SSE clients, vs. a naive baseline.
 
 Why this exists: the publisher and gateway benchmarks each measure one half. The reference workload
 is the whole path at once: 301 workers in several publisher processes each log 1,000 entries as
@@ -31,53 +31,37 @@ import asyncio
 import datetime
 import json
 import multiprocessing
-import os
-import platform
 import queue
-import re
 import secrets
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
-from array import array
-from bisect import bisect_left
-from collections.abc import Coroutine, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
-from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import redis
-import redis.asyncio
-from baselines.naive_publisher import NaiveJob
-from common import (
+from e2e_clients import ClientProcReport, ClientSpec, ClientSummary, client_main
+from e2e_publishers import PubResult, end_naive, end_ours, publisher_main
+from harness import (
     MESSAGE_BYTES,
-    cpu_model,
-    cpu_self_s,
-    message,
-    proc_cpu_s,
+    GatewayProc,
+    gateway_settings,
+    logger,
+    machine,
+    percentile,
     proc_status_kib,
     py_spy,
-    stop_process,
+    running_gateway,
+    sizes_from_args,
 )
-from common import percentile as nearest_rank
-from sse_wire import STAMP_RE, Pace, SseConnection, last_event_is_end, open_all
 
-from broker import Keyspace, Publisher, WorkerHandle
-from gateway.cli.redis_server import RedisServer, free_port
-from gateway.settings import GatewaySettings
+from broker import Keyspace
+from gateway.cli.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
 NAIVE_GATEWAY = Path(__file__).resolve().parent / "baselines" / "naive_gateway.py"
-JOB_NAME, JOB_TYPE, STEP = "Fan-out 301", "benchmark", "fanout"
-ID_RE = re.compile(rb"\nid: (\d+)-(\d+)\n")  # every event frame has exactly one id line
-SEQ_SPAN = 1 << 24  # key = (ms - first ms) * SEQ_SPAN + seq: one int64 per id, ordered like (ms, seq)
 STOP_GRACE_S = 30.0  # for stopped client processes to send what they counted
 GOAL_PUBLISH_EPS = 150_000
 GOAL_RSS_KIB = 256 * 1024
@@ -117,17 +101,13 @@ class Sizes:
     time_box_max_s: float = 420.0
 
 
-SMOKE = Sizes(12, 100, 2, 4, 2, 1, 200.0, 2.0, 1, 60.0, 3.0, 10.0, 20.0)
-
-
-def log(msg: str) -> None:
-    """Progress for the human; stdout is reserved for the one JSON result."""
-    print(f"[e2e] {msg}", file=sys.stderr, flush=True)
-
-
-def percentile(ordered: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an already sorted list (None when empty)."""
-    return nearest_rank(ordered, q) if ordered else None
+SMOKE = Sizes(
+    workers=12, entries=100, publisher_processes=2, clients=4, client_processes=2, slow_clients=1,
+    slow_seconds=2.0, latency_every=1, timeout_s=60.0, time_box_factor=3.0, time_box_min_s=10.0,
+    time_box_max_s=20.0,
+)  # fmt: skip
+log = logger("e2e")
+MACHINE = ("nproc", "cpu_model", "mem_total_kib", "loadavg_at_start", "python", "aiohttp", "redis_py")
 
 
 def share(total: int, parts: int, index: int) -> list[int]:
@@ -135,191 +115,7 @@ def share(total: int, parts: int, index: int) -> list[int]:
     return list(range(index, total, parts))
 
 
-# --- SSE clients (run in child processes) ---------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Tally:
-    """One SSE connection's check of every event id, kept cheap: regex over complete events only
-    (the raw body ``sse_wire`` hands over, chunked framing included: see that module).
-
-    Ids arriving in increasing order are appended to ``seen`` (an int64 array, ordered). An id at or
-    below the last one is a duplicate if ``seen`` holds it (binary search), else out of order.
-    """
-
-    index: int
-    slow: bool
-    every: int
-    received: int = 0
-    duplicates: int = 0
-    out_of_order: int = 0
-    first_at: float | None = None
-    ended_at: float | None = None
-    error: str | None = None
-    base_ms: int = 0
-    last: int = -1
-    stamped: int = 0
-    seen: array[int] = field(default_factory=lambda: array("q"))
-    latencies_ms: array[float] = field(default_factory=lambda: array("d"))
-    partial: bytes = b""
-
-    def feed(self, chunk: bytes) -> bool:
-        """Check the complete events in (partial + chunk); True once the end event has arrived."""
-        now, now_ns = time.monotonic(), time.time_ns()
-        buf = self.partial + chunk if self.partial else chunk
-        cut = buf.rfind(b"\n\n")
-        if cut < 0:
-            self.partial = buf
-            return False
-        end = cut + 2
-        self.partial = buf[cut + 1 :]  # keep the "\n" that precedes the next event's "id:" line
-        ids = ID_RE.findall(buf, 0, end)
-        if ids:
-            if self.first_at is None:
-                self.first_at, self.base_ms = now, int(ids[0][0])
-            self._check(ids)
-            if not self.slow:
-                self._stamp(STAMP_RE.findall(buf, 0, end), now_ns)
-        if last_event_is_end(buf, end):
-            self.ended_at = now
-            return True
-        return False
-
-    def _check(self, ids: list[tuple[bytes, bytes]]) -> None:
-        base, last, seen = self.base_ms, self.last, self.seen
-        prev, ms_key = b"", 0
-        for ms, seq in ids:
-            if ms != prev:  # runs of ids share their ms: convert it once per run
-                prev, ms_key = ms, (int(ms) - base) * SEQ_SPAN
-            key = ms_key + int(seq)
-            if key > last:
-                seen.append(key)
-                last = key
-            else:
-                self._regress(key)
-        self.last = last
-        self.received += len(ids)
-
-    def _regress(self, key: int) -> None:
-        i = bisect_left(self.seen, key)
-        if i < len(self.seen) and self.seen[i] == key:
-            self.duplicates += 1
-        else:
-            self.out_of_order += 1
-            self.seen.insert(i, key)
-
-    def _stamp(self, stamps: list[bytes], now_ns: int) -> None:
-        """Publish→receive latency of every k-th entry (receive time is taken once per chunk)."""
-        first = (-self.stamped) % self.every
-        self.stamped += len(stamps)
-        lat = self.latencies_ms
-        for t in stamps[first :: self.every]:
-            lat.append((now_ns - int(t)) / 1e6)
-
-    def summary(self) -> ClientSummary:
-        last_id = None if self.last < 0 else f"{self.base_ms + self.last // SEQ_SPAN}-{self.last % SEQ_SPAN}"
-        return ClientSummary(
-            self.index, self.slow, self.received, len(self.seen), self.duplicates, self.out_of_order,
-            self.first_at, self.ended_at, last_id, self.latencies_ms, self.error,
-        )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSummary:
-    """What a client process sends back per connection (no per-id history: that stays in the child)."""
-
-    index: int
-    slow: bool
-    received: int
-    unique: int
-    duplicates: int
-    out_of_order: int
-    first_at: float | None
-    ended_at: float | None
-    last_id: str | None
-    latencies_ms: array[float]
-    error: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ClientProcReport:
-    """One client process: its connections, and its CPU seconds once they were all open."""
-
-    clients: list[ClientSummary]
-    cpu_s: float
-
-
-def slow_pace(tally: Tally, rate: float, seconds: float) -> Pace:
-    """A slow reader's pace, asked after each 4 KiB piece (``sse_wire.PACED_READ_BYTES``): wait until
-    at most ``rate`` events/s have been taken since the first event; full speed ``seconds`` after it.
-
-    Meanwhile the connection does not read its socket (``pause_reading``), so the data waits in the
-    kernel's buffers and the gateway really sees a slow reader (TCP backpressure), not a fast one
-    whose data piles up in this process.
-    """
-
-    def pause_s() -> float | None:
-        if tally.first_at is None:
-            return 0.0
-        now, until = time.monotonic(), tally.first_at + seconds
-        if now >= until:
-            return None  # the slow phase is over: the connection stops asking
-        return min(tally.first_at + tally.received / rate, until) - now
-
-    return pause_s
-
-
-async def follow(conn: SseConnection, tally: Tally) -> None:
-    """One client until its end event; a failure is recorded on the tally, not raised."""
-    try:
-        await conn.done
-    except (RuntimeError, OSError) as e:
-        tally.error = f"{type(e).__name__}: {e}"
-    finally:
-        conn.close()
-
-
-async def watch_all(url: str, spec: ClientSpec, stop: Event) -> ClientProcReport:
-    """Open every connection, follow them all; the parent's ``stop`` cuts a time-boxed run short."""
-    tallies = [Tally(i, slow, spec.every) for i, slow in zip(spec.indices, spec.slow, strict=True)]
-    paces = [slow_pace(t, spec.slow_rate, spec.slow_seconds) if t.slow else None for t in tallies]
-    conns = await open_all([url] * len(tallies), tallies, paces)
-    cpu = cpu_self_s()
-    tasks = [asyncio.create_task(follow(c, t)) for c, t in zip(conns, tallies, strict=True)]
-    await until_done_or_stopped(tasks, stop)
-    return ClientProcReport([t.summary() for t in tallies], cpu_self_s() - cpu)
-
-
-async def until_done_or_stopped(tasks: list[asyncio.Task[None]], stop: Event) -> None:
-    """Poll the parent's stop event (a cheap flag) while the readers run."""
-    pending = set(tasks)
-    while pending:
-        _, pending = await asyncio.wait(pending, timeout=0.2)
-        if pending and stop.is_set():
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending)
-            return
-
-
-@dataclass(frozen=True, slots=True)
-class ClientSpec:
-    """The connections of one client process: global indices, which are slow, how to measure."""
-
-    indices: list[int]
-    slow: list[bool]
-    every: int
-    slow_rate: float
-    slow_seconds: float
-
-
-def client_main(url: str, spec: ClientSpec, stop: Event, results: multiprocessing.Queue[Any]) -> None:
-    """Entry point of one client process; errors are sent back instead of dying silently."""
-    try:
-        report: ClientProcReport | str = asyncio.run(watch_all(url, spec, stop))
-    except Exception as e:
-        report = f"{type(e).__name__}: {e}"
-    results.put(report)
+# --- the client and publisher processes (e2e_clients.py, e2e_publishers.py) ----------------------
 
 
 class ClientPool:
@@ -377,83 +173,6 @@ class ClientPool:
         return reports, stopped
 
 
-# --- publishers (run in child processes) ----------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PubResult:
-    """One publisher process: what it published, when (system-wide monotonic), at what CPU cost."""
-
-    published: int
-    pending: int
-    start: float
-    end: float
-    cpu_s: float
-
-
-def worker_name(w: int) -> str:
-    return f"w-{w:03d}"
-
-
-async def log_ours(worker: WorkerHandle[Any], n: int) -> None:
-    """One worker logging as fast as it can, each entry stamped with its publish time."""
-    for i in range(n):
-        await worker.info(message(i), t_ns=time.time_ns())
-
-
-async def log_naive(worker: Any, n: int) -> None:
-    """The same worker loop through the naive publisher (one round trip per entry)."""
-    for i in range(n):
-        await worker.info(message(i), t_ns=time.time_ns())
-
-
-async def timed(barrier: Barrier, coros: list[Coroutine[Any, Any, None]]) -> tuple[float, float]:
-    """Wait for everyone at the barrier, then run all workers concurrently; (start, cpu at start)."""
-    barrier.wait()  # blocking on purpose: nothing else runs in this loop yet
-    start, cpu = time.monotonic(), cpu_self_s()
-    await asyncio.gather(*coros)
-    return start, cpu
-
-
-async def publish_ours(url: str, job: str, workers: list[int], n: int, barrier: Barrier) -> PubResult:
-    """logbroker's async Publisher: one per process, one coroutine per worker."""
-    async with Publisher(url) as pub:
-        step = pub.job(job, name=JOB_NAME, type=JOB_TYPE).step(STEP)
-        handles = [step.worker(worker_name(w)) for w in workers]
-        start, cpu = await timed(barrier, [log_ours(h, n) for h in handles])
-        report = await pub.flush()
-        end = time.monotonic()
-    return PubResult(len(workers) * n, report.pending, start, end, cpu_self_s() - cpu)
-
-
-async def publish_naive(url: str, job: str, workers: list[int], n: int, barrier: Barrier) -> PubResult:
-    """The naive publisher, same layout: one client (connection pool) per process."""
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        await client.ping()
-        naive = NaiveJob(client, job, JOB_NAME, JOB_TYPE, f"naive-{os.getpid()}")
-        handles = [naive.worker(STEP, worker_name(w)) for w in workers]
-        start, cpu = await timed(barrier, [log_naive(h, n) for h in handles])
-        end = time.monotonic()
-    finally:
-        await client.aclose()
-    return PubResult(len(workers) * n, 0, start, end, cpu_self_s() - cpu)
-
-
-def publisher_main(
-    kind: str, url: str, job: str, workers: list[int], n: int, barrier: Barrier,
-    results: multiprocessing.Queue[Any],
-) -> None:  # fmt: skip
-    """Entry point of one publisher process; errors are sent back instead of dying silently."""
-    publish = publish_ours if kind == "ours" else publish_naive
-    try:
-        result: PubResult | str = asyncio.run(publish(url, job, workers, n, barrier))
-    except Exception as e:
-        barrier.abort()
-        result = f"{type(e).__name__}: {e}"
-    results.put(result)
-
-
 class PublisherPool:
     """``workers`` workers round-robin over ``publisher_processes`` processes, released together."""
 
@@ -495,127 +214,6 @@ class PublisherPool:
                 raise RuntimeError(f"publisher process failed: {item}")
             out.append(item)
         return out
-
-
-async def end_ours(url: str, job: str) -> None:
-    """The end entry through logbroker's publisher (the write script adds the job's totals)."""
-    async with Publisher(url) as pub:
-        await pub.job(job, name=JOB_NAME, type=JOB_TYPE).end("completed")
-        report = await pub.flush()
-    if report.pending:
-        raise RuntimeError("the end entry was not delivered")
-
-
-async def end_naive(url: str, job: str) -> None:
-    """The end entry through the naive publisher."""
-    client = redis.asyncio.Redis.from_url(url)
-    try:
-        await NaiveJob(client, job, JOB_NAME, JOB_TYPE, "naive-main").end("completed")
-    finally:
-        await client.aclose()
-
-
-# --- the gateway process --------------------------------------------------------------------------
-
-
-class GatewayProc:
-    """A gateway (ours or the naive one) as a child process, with the /proc readings we need."""
-
-    def __init__(self, cmd: list[str], port: int, log_path: Path) -> None:
-        self.cmd = cmd
-        self.port = port
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout_s: float = 30.0) -> None:
-        """Start and wait for /readyz; a gateway that dies while starting fails with its log."""
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(self.cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.check_alive()
-            if self.clients() is not None:
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"gateway did not become ready: {self.log_tail()}")
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def check_alive(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            raise RuntimeError(f"gateway exited: {self.log_tail()}")
-
-    def clients(self) -> int | None:
-        """Open streams as /readyz reports them; None while it does not answer 200."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-                return int(json.loads(resp.read()).get("clients", 0))
-        except (urllib.error.URLError, OSError, ValueError):
-            return None
-
-    def metrics(self) -> dict[str, float] | None:
-        """The gateway's own counters (GET /metrics, ours only): how it did the work, e.g. pages read."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as resp:
-                text = resp.read().decode()
-        except (urllib.error.URLError, OSError):
-            return None
-        values = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in GATEWAY_COUNTERS:
-                values[GATEWAY_COUNTERS[name]] = float(value)
-        return values
-
-    def wait_for_clients(self, n: int, timeout_s: float = 120.0) -> None:
-        """Until the gateway itself reports ``n`` streams, i.e. every client is subscribed."""
-        deadline = time.monotonic() + timeout_s
-        seen = None
-        while time.monotonic() < deadline:
-            self.check_alive()
-            seen = self.clients()
-            if seen == n:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"gateway reports {seen} clients, expected {n}")
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-    def cpu_s(self) -> float:
-        return proc_cpu_s(self.pid)
-
-    def memory_kib(self, key: str = "VmRSS") -> int:
-        return proc_status_kib(self.pid, key)
-
-
-def gateway_cmd(variant: str, port: int, redis_url: str) -> list[str]:
-    """``python -m gateway`` (ours, default settings from the environment) or the naive script."""
-    target = ["-m", "gateway"] if variant == "ours" else [str(NAIVE_GATEWAY)]
-    return [sys.executable, *target, "--port", str(port), "--redis-url", redis_url]
-
-
-@contextmanager
-def running_gateway(variant: str, redis_url: str, tmp: Path) -> Iterator[GatewayProc]:
-    """A gateway that is stopped on every way out, errors included."""
-    port = free_port()
-    gw = GatewayProc(gateway_cmd(variant, port, redis_url), port, tmp / f"gateway-{variant}.log")
-    try:
-        gw.start()
-        log(f"{variant}: gateway pid {gw.pid} on {gw.url}")
-        yield gw
-    finally:
-        gw.stop()
 
 
 class RssMonitor:
@@ -683,18 +281,21 @@ def run_variant(variant: str, sizes: Sizes, time_box_s: float | None, spy: str |
         stack.callback(server.stop)
         rc = redis.Redis.from_url(server.url)
         stack.callback(rc.close)
-        gw = stack.enter_context(running_gateway(variant, server.url, tmp))
+        script = None if variant == "ours" else NAIVE_GATEWAY
+        gw = stack.enter_context(
+            running_gateway(server.url, tmp, variant, script=script, start_timeout_s=30.0, say=log)
+        )
         obs.rss_start_kib = gw.memory_kib()
         rss = stack.enter_context(RssMonitor(gw.pid))
         log(f"{variant}: {sizes.clients} clients ({sizes.slow_clients} slow), {sizes.client_processes} procs")
         pool = stack.enter_context(ClientPool(gw.url, job, sizes))
-        gw.wait_for_clients(sizes.clients)
+        gw.wait_for_clients(sizes.clients, timeout_s=120.0)
         pubs = stack.enter_context(PublisherPool(variant, server.url, job, sizes))
         with py_spy(gw.pid, spy, rate=100, say=log):
             deliver(obs, sizes, gw, pubs, pool, server.url, job)
         obs.rss_peak_kib, obs.rss_samples = rss.peak_kib, rss.samples
         obs.vmhwm_kib = gw.memory_kib("VmHWM")
-        obs.counters = gw.metrics() if variant == "ours" else None
+        obs.counters = gw.counters(GATEWAY_COUNTERS) if variant == "ours" else None
         obs.redis = redis_state(rc, job)
     return obs
 
@@ -813,12 +414,11 @@ def delivery_result(obs: Observed, sizes: Sizes, expected: int) -> dict[str, Any
 def latency_result(obs: Observed, sizes: Sizes) -> dict[str, Any]:
     """p50/p99/max over the sampled events of the fast clients (nearest rank)."""
     samples = sorted(ms for c in obs.clients if not c.slow for ms in c.latencies_ms)
-    p50, p99 = percentile(samples, 50), percentile(samples, 99)
     return {
         "every_kth_entry": sizes.latency_every,
         "samples": len(samples),
-        "p50_ms": None if p50 is None else round(p50, 1),
-        "p99_ms": None if p99 is None else round(p99, 1),
+        "p50_ms": round(percentile(samples, 50), 1) if samples else None,
+        "p99_ms": round(percentile(samples, 99), 1) if samples else None,
         "max_ms": round(samples[-1], 1) if samples else None,
     }
 
@@ -934,30 +534,6 @@ def goals(ours: dict[str, Any], ratios: dict[str, Any] | None, base_done: bool) 
 # --- the run --------------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    """What the numbers depend on, so a result is never read without its context."""
-    return {
-        "nproc": len(os.sched_getaffinity(0)),
-        "cpu_model": cpu_model(),
-        "mem_total_kib": proc_meminfo_kib("MemTotal"),
-        "loadavg_at_start": os.getloadavg(),
-        "python": platform.python_version(),
-        "aiohttp": aiohttp.__version__,
-        "redis_py": redis.__version__,
-    }
-
-
-def proc_meminfo_kib(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
 def time_box(sizes: Sizes, ours: dict[str, Any]) -> float:
     """The baseline gets ``factor`` x our total time, within [min, max] seconds."""
     ours_s = ours["delivery"]["all_done_s"] or sizes.timeout_s
@@ -966,7 +542,7 @@ def time_box(sizes: Sizes, ours: dict[str, Any]) -> float:
 
 def run_all(sizes: Sizes, baseline: bool, spy: str | None, argv: list[str]) -> dict[str, Any]:
     """Ours first (its time sets the baseline's time box), then the naive baseline."""
-    host = machine()
+    host = machine(*MACHINE)
     ours = variant_result(run_variant("ours", sizes, None, spy), sizes)
     log(f"ours: fast clients done in {ours['delivery']['fast_done_s']}s, exact={ours['exact']}")
     base = None
@@ -982,19 +558,13 @@ def run_all(sizes: Sizes, baseline: bool, spy: str | None, argv: list[str]) -> d
         "machine": host,
         "sizes": asdict(sizes),
         "message_bytes": MESSAGE_BYTES,
-        "gateway_settings": effective_settings(),
+        "gateway_settings": gateway_settings(REPORTED_SETTINGS),
         "ours": ours,
         "baseline": base,
         "ours_vs_baseline": ratios,
         "goals": goals(ours, ratios, bool(base and base["completed"])),
         "exact": ours["exact"],
     }
-
-
-def effective_settings() -> dict[str, Any]:
-    """The settings our gateway ran with: its own parser over the same environment."""
-    settings = GatewaySettings()  # type: ignore[call-arg]  # pydantic-settings: fields come from the env
-    return {name: getattr(settings, name) for name in REPORTED_SETTINGS}
 
 
 def parse_args(argv: list[str]) -> tuple[Sizes, bool, str | None]:
@@ -1019,8 +589,7 @@ def parse_args(argv: list[str]) -> tuple[Sizes, bool, str | None]:
                         help="also run the naive baseline (default: yes)")  # fmt: skip
     parser.add_argument("--py-spy", metavar="OUT", help="record our gateway with py-spy while it delivers")
     args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if k in Sizes.__dataclass_fields__ and v is not None}
-    sizes = Sizes(**{**asdict(SMOKE if args.smoke else d), **given})
+    sizes = sizes_from_args(args, d, SMOKE)
     problem = check_sizes(sizes)
     if problem:
         parser.error(problem)

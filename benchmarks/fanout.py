@@ -31,49 +31,43 @@ import fcntl
 import json
 import multiprocessing
 import os
-import queue
 import resource
-import secrets
 import shutil
 import socket
 import struct
-import subprocess
 import sys
 import tempfile
 import termios
 import time
-import urllib.error
-import urllib.request
 from array import array
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+import latency_c
 import redis
-from common import (
+from fanout_workload import SMOKE, Sizes, new_job, publish_burst, publish_paced
+from harness import (
     MESSAGE_BYTES,
-    cpu_self_s,
+    Children,
+    CpuUse,
+    GatewayProc,
+    gateway_settings,
+    latency_percentiles,
     log,
-    machine_with_aiohttp,
-    message,
-    percentile,
-    proc_cpu_s,
-    proc_status_kib,
+    machine,
     py_spy,
+    running_gateway,
+    sizes_from_args,
     split,
-    stop_process,
 )
 from sse_wire import ID_STAMP_RE, EventCounter, stream_all
 
-from broker import Publisher, WorkerHandle
-from gateway.cli.redis_server import RedisServer, free_port
-from gateway.settings import GatewaySettings
+from gateway.cli.redis_server import RedisServer
 
-ROOT = Path(__file__).resolve().parent.parent
 SLOW_MESSAGE_BYTES = 1024
-WORKERS = 8
 SLOW_RCVBUF = 4096
 CONNECT_BATCH = 100  # slow clients connected at a time, below aiohttp's listen backlog of 128
 GOAL_DELIVERIES_PER_S = 1_000_000
@@ -85,29 +79,6 @@ REPORTED_SETTINGS = (
     "max_clients", "ring_entries", "ring_bytes", "page_entries", "read_block_ms", "read_count",
     "read_linger_ms", "event_loop",
 )  # fmt: skip
-_MP = multiprocessing.get_context("spawn")  # fresh interpreters: nothing inherited from the parent
-
-
-@dataclass(frozen=True, slots=True)
-class Sizes:
-    """Every size of one run, so --smoke and the full run differ only here."""
-
-    clients: int = 100
-    client_processes: int = 4
-    entries: int = 50_000
-    rate: int = 10_000
-    seconds: float = 5.0
-    parsing_clients: int = 10
-    slow_clients: int = 1000
-    normal_clients: int = 5
-    slow_entries: int = 20_000
-    settle_s: float = 3.0
-    timeout_s: float = 300.0
-
-
-# part 3 of the smoke run still sends each slow client ~10 MB: more than Linux's 4 MB autotuned
-# send buffer (tcp_wmem max), so the clients really stall the gateway rather than the kernel
-SMOKE = Sizes(8, 2, 2_000, 10_000, 1.0, 2, 50, 2, 8_000, 1.0, 60.0)
 
 
 # --- SSE clients (run in child processes) -----------------------------------------------------------
@@ -174,47 +145,12 @@ def client_main(
     results.put(report)
 
 
-class ClientPool:
-    """``clients`` SSE connections to one job, spread over ``procs`` spawned processes."""
-
-    def __init__(self, base: str, job: str, clients: int, procs: int, parsing: int, timeout_s: float) -> None:
-        self.results: multiprocessing.Queue[Any] = _MP.Queue()
-        self.timeout_s = timeout_s
-        url = f"{base}/v1/jobs/{job}/stream"
-        counts = split(clients, procs)
-        parse_counts = split(parsing, procs)
-        self.procs = [
-            _MP.Process(target=client_main, args=(url, n, p, timeout_s, self.results), daemon=True)
-            for n, p in zip(counts, parse_counts, strict=True)
-            if n
-        ]
-
-    def __enter__(self) -> ClientPool:
-        for proc in self.procs:
-            proc.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Children normally exit on their own after the end event; stragglers are killed."""
-        for proc in self.procs:
-            proc.join(timeout=5 if exc[0] is None else 0.1)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-    def collect(self) -> list[ProcReport]:
-        """One report per process; any client failure fails the whole benchmark loudly."""
-        reports: list[ProcReport] = []
-        deadline = time.monotonic() + self.timeout_s + 30
-        for _ in self.procs:
-            try:
-                item = self.results.get(timeout=max(1.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError("a client process did not report in time") from None
-            if isinstance(item, str):
-                raise RuntimeError(f"client process failed: {item}")
-            reports.append(item)
-        return reports
+def client_pool(base: str, job: str, clients: int, procs: int, parsing: int, timeout_s: float) -> Children:
+    """``clients`` SSE connections to one job, spread over ``procs`` spawned processes, ``parsing``
+    of them (spread the same way) timing every event; each process reports one ``ProcReport``."""
+    url = f"{base}/v1/jobs/{job}/stream"
+    counts = zip(split(clients, procs), split(parsing, procs), strict=True)
+    return Children(client_main, [(url, n, p, timeout_s) for n, p in counts if n], timeout_s)
 
 
 def tallies_of(reports: list[ProcReport]) -> list[Tally]:
@@ -222,188 +158,7 @@ def tallies_of(reports: list[ProcReport]) -> list[Tally]:
     return [t for r in reports for t in r.tallies]
 
 
-# --- the gateway process --------------------------------------------------------------------------
-
-
-class GatewayProc:
-    """``python -m gateway`` as a child process, with the /proc readings the benchmark needs."""
-
-    def __init__(self, redis_url: str, log_path: Path, **settings: object) -> None:
-        self.redis_url = redis_url
-        self.port = free_port()
-        self.log_path = log_path
-        self.settings = settings
-        self.env = {**os.environ, **{f"LOGBROKER_{k.upper()}": str(v) for k, v in settings.items()}}
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self, timeout_s: float = 20.0) -> GatewayProc:
-        """Start and wait for /readyz; a gateway that dies while starting fails with its log."""
-        cmd = [sys.executable, "-m", "gateway", "--port", str(self.port), "--redis-url", self.redis_url]
-        with self.log_path.open("ab") as out:
-            self.process = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gateway exited: {self.log_path.read_text()[-3000:]}")
-            if self.ready() is not None:
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"gateway did not become ready: {self.log_path.read_text()[-3000:]}")
-
-    def ready(self) -> dict[str, Any] | None:
-        """GET /readyz: ``{"status": "ready", "clients": n}``, or None when it does not answer 200."""
-        try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as resp:
-                answer: dict[str, Any] = json.loads(resp.read())
-                return answer
-        except (urllib.error.URLError, OSError):
-            return None
-
-    def stop(self) -> None:
-        stop_process(self.process)
-
-    def cpu_s(self) -> float:
-        """What the gateway cost, whoever else shares the cores."""
-        return proc_cpu_s(self.pid)
-
-    def memory_kib(self, key: str = "VmRSS") -> int:
-        return proc_status_kib(self.pid, key)
-
-    def wait_for_clients(self, n: int, timeout_s: float = 60.0) -> None:
-        """Until the gateway itself reports exactly ``n`` SSE clients (so all are subscribed)."""
-        deadline = time.monotonic() + timeout_s
-        seen = None
-        while time.monotonic() < deadline:
-            if self.process is None or self.process.poll() is not None:
-                raise RuntimeError(f"gateway died: {self.log_path.read_text()[-3000:]}")
-            answer = self.ready()
-            seen = None if answer is None else answer.get("clients")
-            if seen == n:
-                return
-            time.sleep(0.1)
-        raise TimeoutError(f"gateway reports {seen} clients, expected {n}")
-
-
-@contextmanager
-def running_gateway(redis_url: str, tmp: Path, name: str, **settings: object) -> Iterator[GatewayProc]:
-    """A gateway that is stopped on every way out, errors included."""
-    gw = GatewayProc(redis_url, tmp / f"{name}.log", **settings)
-    try:
-        gw.start()
-        log(f"gateway {name} pid {gw.pid} on {gw.url}")
-        yield gw
-    finally:
-        gw.stop()
-
-
-def effective_settings(overrides: dict[str, object]) -> dict[str, Any]:
-    """The settings the gateway ran with: its own parser over the same environment and overrides."""
-    settings = GatewaySettings(**overrides)  # type: ignore[arg-type]
-    return {name: getattr(settings, name) for name in REPORTED_SETTINGS}
-
-
-# --- publishing -----------------------------------------------------------------------------------
-
-
-def _workers(pub: Publisher, job: str) -> tuple[Any, list[WorkerHandle[Any]]]:
-    """One job, spread over steps and workers, as a real job's entries are."""
-    handle = pub.job(job, name="Fan-out benchmark", type="benchmark")
-    workers = [handle.step(f"step-{w % 4}").worker(f"w-{w}") for w in range(WORKERS)]
-    return handle, workers
-
-
-async def publish_burst(url: str, job: str, n: int, size: int) -> float:
-    """``n`` entries as fast as the publisher goes, then the end entry; returns the start time."""
-    async with Publisher(url) as pub:
-        handle, workers = _workers(pub, job)
-        start = time.monotonic()
-        for i in range(n):
-            await workers[i % WORKERS].info(message(i, size))
-        await handle.end("completed")
-        report = await pub.flush()
-    if report.pending:
-        raise RuntimeError(f"publisher could not deliver {report.pending} entries")
-    return start
-
-
-async def publish_paced(url: str, job: str, rate: int, seconds: float) -> float:
-    """``rate`` entries/s for ``seconds``, each stamped with ``t_ns``; returns the achieved rate."""
-    total = int(rate * seconds)
-    async with Publisher(url) as pub:
-        handle, workers = _workers(pub, job)
-        start = time.monotonic()
-        i = 0
-        while i < total:
-            due = min(total, int((time.monotonic() - start) * rate) + 1)
-            while i < due:
-                await workers[i % WORKERS].info(message(i), t_ns=time.time_ns())
-                i += 1
-            await asyncio.sleep(0.001)
-        elapsed = time.monotonic() - start
-        await handle.end("completed")
-        report = await pub.flush()
-    if report.pending:
-        raise RuntimeError(f"publisher could not deliver {report.pending} entries")
-    return total / elapsed
-
-
-def redis_cpu_s(client: redis.Redis) -> float:
-    """redis-server's own CPU counters, so its share of the two cores is visible."""
-    info = client.info("cpu")
-    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
-
-
 # --- the three measurements -----------------------------------------------------------------------
-
-
-def new_job(label: str) -> str:
-    """A fresh job per measurement: clients always start on a job that does not exist yet."""
-    return f"fanout-{label}-{secrets.token_hex(3)}"
-
-
-class HasCpu(Protocol):
-    """A client process's report (``ProcReport`` here, ``latency_c.CReport`` for the C clients)."""
-
-    @property
-    def cpu_s(self) -> float: ...
-
-
-@dataclass(frozen=True, slots=True)
-class CpuUse:
-    """CPU seconds of everyone sharing the two cores: who a missed goal should be blamed on."""
-
-    gateway_s: float
-    redis_s: float
-    publisher_s: float
-
-    @staticmethod
-    def now(gw: GatewayProc, rc: redis.Redis) -> CpuUse:
-        """A snapshot; ``since`` turns two snapshots into the CPU spent in between."""
-        return CpuUse(gw.cpu_s(), redis_cpu_s(rc), cpu_self_s())  # this process only publishes meanwhile
-
-    def since(self, gw: GatewayProc, rc: redis.Redis) -> CpuUse:
-        now = CpuUse.now(gw, rc)
-        return CpuUse(
-            now.gateway_s - self.gateway_s, now.redis_s - self.redis_s, now.publisher_s - self.publisher_s
-        )
-
-    def report(self, reports: Sequence[HasCpu]) -> dict[str, float]:
-        """The JSON keys, with the client processes' own CPU time added."""
-        return {
-            "gateway_cpu_s": round(self.gateway_s, 2),
-            "clients_cpu_s": round(sum(r.cpu_s for r in reports), 2),
-            "redis_cpu_s": round(self.redis_s, 2),
-            "publisher_cpu_s": round(self.publisher_s, 2),
-        }
 
 
 def measure_throughput(
@@ -414,7 +169,7 @@ def measure_throughput(
     log(
         f"1. throughput: {sizes.clients} clients, {sizes.client_processes} processes, {sizes.entries} entries"
     )
-    pool = ClientPool(gw.url, job, sizes.clients, sizes.client_processes, 0, sizes.timeout_s)
+    pool = client_pool(gw.url, job, sizes.clients, sizes.client_processes, 0, sizes.timeout_s)
     with pool:
         gw.wait_for_clients(sizes.clients)
         with py_spy(gw.pid, spy, rate=200):
@@ -461,7 +216,7 @@ def measure_latency(gw: GatewayProc, url: str, rc: redis.Redis, sizes: Sizes) ->
     job = new_job("latency")
     log(f"2. latency: {sizes.rate} entries/s for {sizes.seconds}s to {sizes.clients} clients")
     procs, parsing = sizes.client_processes, sizes.parsing_clients
-    with ClientPool(gw.url, job, sizes.clients, procs, parsing, sizes.timeout_s) as pool:
+    with client_pool(gw.url, job, sizes.clients, procs, parsing, sizes.timeout_s) as pool:
         gw.wait_for_clients(sizes.clients)
         cpu = CpuUse.now(gw, rc)
         achieved = asyncio.run(publish_paced(url, job, sizes.rate, sizes.seconds))
@@ -486,36 +241,15 @@ def latency_result(
         "clients": sizes.clients,
         "parsing_clients": sizes.parsing_clients,
         **latency_percentiles(
-            sizes, achieved, [t.latencies_ms for t in tallies], [t.stored_ms for t in tallies]
+            sizes.rate,
+            sizes.seconds,
+            achieved,
+            [t.latencies_ms for t in tallies],
+            [t.stored_ms for t in tallies],
         ),
         "last_end_after_publish_s": round(max(t.ended_at or 0.0 for t in tallies) - published, 3),
         "exact": all(c == entries + 1 for c in counts) and all(n == entries for n in timed),
         **cpu.report(reports),
-    }
-
-
-def latency_percentiles(
-    sizes: Sizes,
-    achieved: float,
-    latencies_ms: Iterable[Iterable[float]],
-    stored_ms: Iterable[Iterable[float]],
-) -> dict[str, Any]:
-    """Part 2's rate and percentiles over every timed event of every client (nearest rank); shared
-    with ``latency_c.py`` so the two results have the same keys and the same arithmetic."""
-    latencies = sorted(ms for each in latencies_ms for ms in each)
-    stored = sorted(ms for each in stored_ms for ms in each)
-    return {
-        "rate_eps": sizes.rate,
-        "achieved_rate_eps": round(achieved),
-        "seconds": sizes.seconds,
-        "entries": int(sizes.rate * sizes.seconds),
-        "measured_events": len(latencies),
-        "p50_ms": round(percentile(latencies, 50), 2),
-        "p99_ms": round(percentile(latencies, 99), 2),
-        "max_ms": round(latencies[-1], 2),
-        # publish -> stored in Redis (stream id ms, so +-1 ms): the publisher's share
-        "stored_p50_ms": round(percentile(stored, 50), 2),
-        "stored_p99_ms": round(percentile(stored, 99), 2),
     }
 
 
@@ -577,7 +311,7 @@ def measure_slow_clients(url: str, tmp: Path, sizes: Sizes) -> dict[str, Any]:
     with running_gateway(url, tmp, "slow", **SLOW_GATEWAY) as gw, ExitStack() as stack:
         rss: dict[str, int] = {"before": gw.memory_kib()}
         socks = stack.enter_context(slow_sockets(gw, job, sizes.slow_clients))
-        pool = stack.enter_context(ClientPool(gw.url, job, sizes.normal_clients, 1, 0, sizes.timeout_s))
+        pool = stack.enter_context(client_pool(gw.url, job, sizes.normal_clients, 1, 0, sizes.timeout_s))
         gw.wait_for_clients(sizes.slow_clients + sizes.normal_clients)
         time.sleep(sizes.settle_s)
         rss["idle"], tcp_idle = gw.memory_kib(), kernel_tcp_mem_kib()
@@ -589,9 +323,9 @@ def measure_slow_clients(url: str, tmp: Path, sizes: Sizes) -> dict[str, Any]:
             gw.memory_kib("VmHWM"),
             kernel_tcp_mem_kib(),
         )
-        ready = gw.ready() or {}
+        still_connected = gw.clients()
         unread = [unread_bytes(s) for s in socks]
-    result = slow_result(sizes, rss, reports, unread, ready.get("clients"), (tcp_idle, tcp_stalled))
+    result = slow_result(sizes, rss, reports, unread, still_connected, (tcp_idle, tcp_stalled))
     log(f"   {result['growth_per_slow_client_kib']} KiB per slow client, exact={result['exact']}")
     return result
 
@@ -630,11 +364,6 @@ def slow_result(
 # --- the run --------------------------------------------------------------------------------------
 
 
-def machine(client: redis.Redis) -> dict[str, Any]:
-    """What the numbers depend on, so a result is never read without its context."""
-    return machine_with_aiohttp(client.info("server").get("redis_version"))
-
-
 def summarize(
     host: dict[str, Any], sizes: Sizes, rate: dict[str, Any], lat: dict[str, Any], slow: dict[str, Any]
 ) -> dict[str, Any]:
@@ -644,7 +373,7 @@ def summarize(
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": host,
         "settings": {
-            "gateway": effective_settings({}),
+            "gateway": gateway_settings(REPORTED_SETTINGS),
             "slow_clients_gateway_overrides": SLOW_GATEWAY,
             "settle_s": sizes.settle_s,
         },
@@ -673,14 +402,12 @@ def run_all(sizes: Sizes, spy: str | None, latency_clients: str = "python") -> d
         with running_gateway(server.url, tmp, "main") as gw:
             rate = measure_throughput(gw, server.url, client, sizes, spy)
             if latency_clients == "c":
-                import latency_c  # imports this module: not at the top
-
                 binary = latency_c.build_client(tmp)
                 lat = latency_c.measure(gw, server.url, client, sizes, binary, tmp)
             else:
                 lat = measure_latency(gw, server.url, client, sizes)
         slow = measure_slow_clients(server.url, tmp, sizes)
-        host = machine(client)
+        host = machine(redis_client=client)
     return summarize(host, sizes, rate, lat, slow)
 
 
@@ -709,8 +436,7 @@ def parse_args(argv: list[str] | None) -> tuple[Sizes, str | None, str]:
         help="part 2's clients: C (latency_c.py's, needs gcc), Python, or C where gcc is found (auto)",
     )
     args = parser.parse_args(argv)
-    given = {k: v for k, v in vars(args).items() if k in Sizes.__dataclass_fields__ and v is not None}
-    sizes = Sizes(**{**vars_of(SMOKE if args.smoke else d), **given})
+    sizes = sizes_from_args(args, d, SMOKE)
     problem = check_sizes(sizes)
     if problem:
         parser.error(problem)
@@ -718,11 +444,6 @@ def parse_args(argv: list[str] | None) -> tuple[Sizes, str | None, str]:
     if kind == "auto":
         kind = "c" if shutil.which("gcc") or shutil.which("cc") else "python"
     return sizes, args.py_spy, kind
-
-
-def vars_of(sizes: Sizes) -> dict[str, Any]:
-    """A Sizes as keyword arguments, to overlay the options given."""
-    return {name: getattr(sizes, name) for name in Sizes.__dataclass_fields__}
 
 
 def check_sizes(s: Sizes) -> str | None:

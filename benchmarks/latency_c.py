@@ -5,8 +5,8 @@ Why this exists: on two cores the load generator competes with the gateway it me
 whole harness (clients and paced publisher) needs while the gateway needs 2 CPU-s; the latency they
 report is partly their own run-queue wait. ``sse_c_client.c`` reads the same bytes the same way
 (raw body, one regex-equivalent pass per read, receive time once per read; see ``sse_wire``'s
-docstring) in C, with epoll. Same gateway, same paced publisher (``fanout.publish_paced``), same
-report keys, so the two results sit side by side.
+docstring) in C, with epoll. Same gateway, same paced publisher (``fanout_workload.publish_paced``),
+same report keys, so the two results sit side by side.
 
 Usage (from the repository root; needs ``gcc``)::
 
@@ -35,18 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from common import log, split
-from fanout import (
-    SMOKE,
-    CpuUse,
-    GatewayProc,
-    Sizes,
-    latency_percentiles,
-    machine,
-    new_job,
-    publish_paced,
-    running_gateway,
-)
+from fanout_workload import SMOKE, Sizes, new_job, publish_paced
+from harness import CpuUse, GatewayProc, latency_percentiles, log, machine, running_gateway, split
 
 from gateway.cli.redis_server import RedisServer
 
@@ -138,7 +128,11 @@ def measure(
         "parsing_clients": sizes.parsing_clients,
         "client_processes": PROCESSES,
         **latency_percentiles(
-            sizes, achieved, [r.latencies_ms for r in reports], [r.stored_ms for r in reports]
+            sizes.rate,
+            sizes.seconds,
+            achieved,
+            [r.latencies_ms for r in reports],
+            [r.stored_ms for r in reports],
         ),
         "last_end_after_publish_s": round(drained_s, 3),
         "exact": all(c == entries + 1 for c in counts) and timed == entries * sizes.parsing_clients,
@@ -158,7 +152,7 @@ def run(sizes: Sizes, runs: int) -> dict[str, Any]:
             client = redis.Redis.from_url(server.url)
             with running_gateway(server.url, tmp, "main") as gw:
                 results = [measure(gw, server.url, client, sizes, binary, tmp) for _ in range(runs)]
-            host = machine(client)
+            host = machine(redis_client=client)
             client.close()
         finally:
             server.stop()

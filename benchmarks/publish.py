@@ -24,8 +24,6 @@ import datetime
 import io
 import json
 import multiprocessing
-import os
-import platform
 import queue
 import secrets
 import shutil
@@ -41,7 +39,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 import redis
-from common import MESSAGE_BYTES, cpu_model, log, message
+from harness import MESSAGE_BYTES, log, machine, message
 
 from broker import Keyspace, Publisher, PublisherConfig, SyncPublisher, WorkerHandle
 from gateway.cli.redis_server import RedisServer
@@ -223,17 +221,6 @@ def reference_rates(url: str, client: redis.Redis, n: int) -> dict[str, float | 
     return rates
 
 
-def machine(client: redis.Redis) -> dict[str, Any]:
-    """What the numbers depend on, so a result is never read without its context."""
-    info = client.info("server")
-    return {
-        "cpus": os.cpu_count(),
-        "cpu_model": cpu_model(),
-        "python": platform.python_version(),
-        "redis_version": info.get("redis_version"),
-    }
-
-
 def ratio(rate: float, reference: float | None) -> float | None:
     return None if not reference else round(rate / reference, 3)
 
@@ -247,7 +234,7 @@ def run_all(url: str, entries: int, rb_requests: int) -> dict[str, Any]:
         best_kind = "async" if async_rate >= sync_rate else "sync"
         two_rate, two_ok = measure(best_kind, url, client, 2, entries)
         rb = reference_rates(url, client, rb_requests)
-        host = machine(client)
+        host = machine("cpus", "cpu_model", "python", redis_client=client)
     finally:
         client.close()
     return summarize(

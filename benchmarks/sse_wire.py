@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from common import cpu_self_s
+from harness import cpu_self_s
 
 ID_MARK = b"\nid: "  # once in every event frame (see the module docstring)
 END_MARK = b"\nevent: end\n"  # the end event's first line; both gateways put its id line right after
