@@ -1,4 +1,5 @@
-"""End to end, fan-out 301 (docs/design.md §9): publishers → Redis → gateway → 50 SSE clients, vs. a naive baseline.
+"""End to end, fan-out 301 (docs/design.md §9): publishers → Redis → gateway → 50 SSE clients,
+vs. a naive baseline.
 
 Why this exists: the publisher and gateway benchmarks each measure one half. The reference workload
 is the whole path at once: 301 workers in several publisher processes each log 1,000 entries as
