@@ -240,7 +240,9 @@ def test_the_graph_sees_every_kind_of_import(graph: dict[str, list[Import]]) -> 
     assert {"broker", "gateway", "gateway.api", "gateway.live", "gateway.cli"} <= set(graph)
     assert any(t.startswith("gateway.cli") for t in targets["gateway.__main__"]), "from .cli import main"
     assert "broker.codec" in targets["broker.handles"], "from .codec import LinePacker"
-    assert "benchmarks.harness" in targets["benchmarks.publish"], "from harness import ... (a script's import)"
+    assert "benchmarks.harness" in targets["benchmarks.publish"], (
+        "from harness import ... (a script's import)"
+    )
     assert "benchmarks.baselines.naive_publisher" in targets["benchmarks.e2e_publishers"]
     assert "gateway.cli.redis_server" in targets["benchmarks.publish"], "an absolute import of the project"
     assert all(edge.target in graph for edges in graph.values() for edge in edges), (
