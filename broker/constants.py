@@ -78,6 +78,7 @@ DEFAULT_LINGER_MS: Final = 0  # no artificial delay: batches form while the prev
 DEFAULT_MAX_BUFFER_ENTRIES: Final = 100_000
 DEFAULT_MAX_BUFFER_BYTES: Final = 64 * 1024 * 1024
 DEFAULT_FLUSH_TIMEOUT_S: Final = 30.0
+EXIT_FLUSH_TIMEOUT_S: Final = 10.0  # an open sync publisher delivers what it holds at process exit
 DEFAULT_SOCKET_TIMEOUT_S: Final = 10.0
 DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
 CONNECT_ATTEMPTS: Final = 5  # at start (publishers and gateways): then the error, loudly

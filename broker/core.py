@@ -8,10 +8,13 @@ first use.
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing.util
 import os
 import secrets
 import socket
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -68,6 +71,14 @@ class PublisherCore:
 
     def _after_fork_in_child(self) -> None:
         self._reset()
+
+    def _at_exit(self) -> None:
+        """The interpreter or the worker process is ending: deliver what is buffered (the sync
+        publisher can), else say how much is lost. The async publisher needs its event loop,
+        which is gone by now: ``await pub.aclose()`` is its rule."""
+        pending = self._outbox.report().pending
+        if pending and not self._closed:
+            say_lost(self.src, pending, "not closed before exit (await pub.aclose())")
 
     def _offer(
         self,
@@ -189,4 +200,32 @@ def _after_fork() -> None:
         publisher._after_fork_in_child()
 
 
+def _flush_at_exit() -> None:
+    """Every publisher still open, at the end of the process: a ``multiprocessing.Pool`` task that
+    returned without ``flush()`` left entries in its worker's buffer, lost when the worker ended."""
+    for publisher in list(_LIVE):
+        try:
+            publisher._at_exit()
+        except Exception as e:  # the process is ending: report, never raise from an exit hook
+            print(f"logbroker: publisher {publisher.src} at exit: {e}", file=sys.stderr)
+
+
+def say_lost(src: str | None, pending: int, why: str) -> None:
+    print(f"logbroker: publisher {src}: {pending} entries not delivered, {why}", file=sys.stderr)
+
+
+class _ExitHooks:
+    """A multiprocessing child started by fork leaves through ``os._exit``: ``atexit`` never runs
+    there, only the finalizers registered in the child itself, after multiprocessing cleared the
+    parent's. So the hook is registered again in each such child, at the moment it starts."""
+
+    def __init__(self) -> None:
+        atexit.register(_flush_at_exit)  # this process, and children started by spawn
+        multiprocessing.util.register_after_fork(self, _ExitHooks._in_child)
+
+    def _in_child(self) -> None:
+        multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=100)
+
+
+_EXIT_HOOKS = _ExitHooks()
 os.register_at_fork(after_in_child=_after_fork)

@@ -15,8 +15,8 @@ from types import TracebackType
 from typing import Any
 
 from .config import PublisherConfig
-from .constants import DEFAULT_FLUSH_TIMEOUT_S
-from .core import PublisherCore
+from .constants import DEFAULT_FLUSH_TIMEOUT_S, EXIT_FLUSH_TIMEOUT_S
+from .core import PublisherCore, say_lost
 from .delivery import SyncRedis, connect_sync, sync_client, write_sync
 from .handles import JobHandle
 from .outbox import Backlog, DeliveryReport, LineOrigin, Offer
@@ -203,6 +203,18 @@ class SyncPublisher(PublisherCore):
                     self._revive_sender()
                     self._progress.wait(min(remaining, 0.5))
         return self.report()
+
+    def _at_exit(self) -> None:
+        """Deliver what is still buffered, for up to ``EXIT_FLUSH_TIMEOUT_S``; say what is left."""
+        if self._closed or not (self._outbox.report().pending or self._thread is not None):
+            return
+        report = self.close(EXIT_FLUSH_TIMEOUT_S)
+        if report.pending:
+            say_lost(
+                self.src,
+                report.pending,
+                f"Redis did not take them within {EXIT_FLUSH_TIMEOUT_S:.0f}s of exit",
+            )
 
     def close(self, timeout: float = DEFAULT_FLUSH_TIMEOUT_S) -> DeliveryReport:
         """Flush for up to ``timeout`` s, stop the sender, close what we own; report what is left."""

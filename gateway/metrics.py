@@ -64,7 +64,7 @@ class Metrics:
         )
         self.pushes = Counter(
             "logbroker_sse_pushes_total",
-            "Writes the feed made directly to caught-up clients (shared bytes, no task wake-up)",
+            "Writes a ring made directly to caught-up clients (shared bytes, no task wake-up)",
             registry=r,
         )
 

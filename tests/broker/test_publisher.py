@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 import redis
@@ -22,6 +26,7 @@ from broker.outbox import Batch
 from gateway.cli.redis_server import RedisServer
 from tests.support.fixture_types import ServerFactory
 from tests.support.helpers import assert_lines_contiguous, count_by, read_job, read_meta
+from tests.support.paths import ROOT
 
 
 async def test_status_lines_name_job_type_step_and_worker(
@@ -401,3 +406,51 @@ def test_logging_handler_takes_identity_from_context(
         ("with extra", "warning", "s3", None, None),
     ]
     assert read_job(redis_client, "ctx-job")[2]["fields"] == {"k": 1, "logger": "app.worker"}
+
+
+_POOL_PUBLISHER: SyncPublisher | None = None
+
+
+def _pool_init(url: str) -> None:
+    global _POOL_PUBLISHER
+    _POOL_PUBLISHER = SyncPublisher(url)
+
+
+def _pool_task(args: tuple[str, int]) -> int:
+    """A task that logs and returns without ``flush()``, as pool code usually does."""
+    job, i = args
+    assert _POOL_PUBLISHER is not None
+    worker = _POOL_PUBLISHER.job(job).step("s").worker(f"t{i}")
+    for n in range(100):
+        worker.info(f"task {i} line {n}")
+    return i
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_pool_workers_deliver_what_they_buffered_when_they_exit(
+    redis_server: RedisServer, redis_client: redis.Redis, method: str
+) -> None:
+    """A ``multiprocessing.Pool`` task that returned without ``pub.flush()`` lost entries
+    silently (154 of 160,209 in one run): a worker leaves through os._exit, atexit never runs."""
+    ctx = multiprocessing.get_context(method)
+    pool = ctx.Pool(3, initializer=_pool_init, initargs=(redis_server.url,))
+    try:
+        assert sorted(pool.map(_pool_task, [(f"pool-{method}", i) for i in range(12)])) == list(range(12))
+    finally:
+        pool.close()
+        pool.join()
+    assert len(read_job(redis_client, f"pool-{method}")) == 1200
+
+
+def test_an_async_publisher_left_open_at_exit_says_what_it_loses(tmp_path: Path) -> None:
+    script = tmp_path / "leaky.py"
+    script.write_text(
+        "import asyncio\nfrom broker import Publisher\n"
+        "async def main():\n"
+        "    pub = Publisher('redis://127.0.0.1:1/0')\n"  # never connects: entries stay buffered
+        "    for i in range(5):\n"
+        "        await pub.publish('leak', f'm{i}')\n"
+        "asyncio.run(main())\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "5 entries not delivered, not closed before exit" in done.stderr, done.stderr

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from gateway.cli.main import _parser, settings_from
+from gateway.cli.command import _parser, settings_from
 from gateway.settings import GatewaySettings
 from tests.support.compose import (
     SERVER_LINE,
@@ -107,7 +107,7 @@ def parse_cli(argv: list[str]) -> argparse.Namespace:
 
 def settings_for(service: Mapping[str, Any], monkeypatch: pytest.MonkeyPatch) -> GatewaySettings:
     """The settings the container's process would build: image ENV, then the service's
-    environment, then the command-line flags (gateway.cli.main.settings_from), with nothing from
+    environment, then the command-line flags (gateway.cli.command.settings_from), with nothing from
     this machine."""
     for name in [n for n in os.environ if n.startswith(PREFIX)]:
         monkeypatch.delenv(name)
