@@ -30,20 +30,16 @@ _OUTQ: int | None = getattr(termios, "TIOCOUTQ", None)
 class SSEResponse(web.StreamResponse):
     def __init__(self) -> None:
         super().__init__(headers=sse.HEADERS)
-        self._request: web.BaseRequest | None = None
+        self._transport: asyncio.Transport | None = None
         self._wire_chunked: bool | None = None  # the wire framing, known after the first write
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         writer = await super().prepare(request)
-        self._request = request
-        if request.transport is not None:  # a write waits until the socket has taken all of the last one
-            request.transport.set_write_buffer_limits(high=0)
+        transport = request.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=0)  # a write waits until the socket took the last
+            self._transport = transport  # kept: it reports closing once the connection is gone
         return writer
-
-    @property
-    def _transport(self) -> asyncio.Transport | None:
-        """The connection's transport while it is open (aiohttp drops it on connection loss)."""
-        return self._request.transport if self._request is not None else None
 
     def enable_compression(self, *args: object, **kwargs: object) -> None:
         """Refused: an event must reach the client when it is written, not when a compressor

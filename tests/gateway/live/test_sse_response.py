@@ -134,7 +134,7 @@ async def test_a_write_up_to_aiohttps_drain_threshold_returns_before_the_client_
     may_read = asyncio.Event()
 
     async def body(resp: SSEResponse) -> None:
-        sock = resp._request.transport.get_extra_info("socket")  # type: ignore[union-attr]
+        sock = resp._transport.get_extra_info("socket")  # type: ignore[union-attr]
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel takes little
         for _ in range(sends):
             await asyncio.wait_for(resp.send(blob), 1)
