@@ -1,4 +1,4 @@
-"""Retention (DESIGN §3): per-job cap, TTL after the end, idle TTL, index cleanup, gap events."""
+"""Retention (docs/design.md §3): per-job cap, TTL after the end, idle TTL, index cleanup, gap events."""
 
 from __future__ import annotations
 

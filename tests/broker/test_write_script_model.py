@@ -1,4 +1,4 @@
-"""The write script against a model of DESIGN §3, on random batches (Hypothesis, real Redis).
+"""The write script against a model of docs/design.md §3, on random batches (Hypothesis, real Redis).
 
 The script keeps its counters in Lua locals and folds them into the meta hash once per batch and
 before an end entry; this checks every field it maintains, the stream's line numbers and an end
@@ -93,7 +93,7 @@ def deliveries(draw: st.DrawFn) -> tuple[list[Line], list[list[Line]]]:
 
 @dataclass
 class Model:
-    """The meta hash and stream the rules of DESIGN §3 give, built entry by entry."""
+    """The meta hash and stream the rules of docs/design.md §3 give, built entry by entry."""
 
     meta: dict[str, Any] = field(default_factory=dict)
     stored: list[Line] = field(default_factory=list)

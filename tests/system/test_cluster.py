@@ -1,4 +1,4 @@
-"""Redis Cluster (DESIGN §3, §7): 3 masters + 3 replicas started by the fixture. Jobs spread over
+"""Redis Cluster (docs/design.md §3, §7): 3 masters + 3 replicas started by the fixture. Jobs spread over
 every master, each job's keys stay in one slot, and the gateway's partition readers block on the
 node that owns their slot."""
 

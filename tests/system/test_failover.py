@@ -1,4 +1,4 @@
-"""Failover with replica acknowledgements (DESIGN §7): a Sentinel-managed master and a Redis
+"""Failover with replica acknowledgements (docs/design.md §7): a Sentinel-managed master and a Redis
 Cluster master are SIGKILLed while publishers run with ``replica_acks=1``; after the replica is
 promoted, every entry a flush() confirmed is there, and nothing is there twice."""
 
