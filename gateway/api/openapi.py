@@ -177,7 +177,13 @@ def _schemas(settings: GatewaySettings) -> dict[str, Schema]:
                 "publishers": _map(_obj({"entries": COUNT, "last_seq": COUNT})),
             }
         ),
-        "ReplayPage": _obj({"entries": _array(_ref("Entry")), "next": _nullable(ENTRY_ID)}),
+        "ReplayPage": _obj(
+            {"entries": _array(_ref("Entry")), "next": _nullable(ENTRY_ID), "gap": _nullable(_ref("Gap"))}
+        ),
+        "Gap": _obj(
+            {"after": ENTRY_ID, "first_available": ENTRY_ID, "reason": {"const": "trimmed"}},
+            description="entries after `after` up to `first_available` were removed by retention",
+        ),
     }
 
 

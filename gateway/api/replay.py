@@ -33,17 +33,18 @@ from broker.entry import Entry
 from broker.errors import CodecError
 
 from ..errors import bad_request, not_found
-from ..ids import MAX_ID, ZERO, format_id, parse_id
+from ..ids import MAX_ID, ZERO, StreamId, format_id, parse_id
 from ..live.filter import Filter
 from ..live.items import Item
 from ..redis_clients import AnyRedis
 from ..settings import GatewaySettings
-from ..storage import MAX_SCAN_PAGES, RawEntry, xrange, xrevrange
+from ..storage import MAX_SCAN_PAGES, RawEntry, trimmed_since, xrange, xrevrange
 from .params import filter_of, int_param, job_of
 from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 
+GAP_HEADER = "Logbroker-Gap"  # an ascending NDJSON download that starts in a trimmed range
 _UNSAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -76,16 +77,38 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     job = job_of(request)
     flt = filter_of(request.query)
     rng = _range_of(request.query)
+    after = parse_id(request.query["after"], "after") if "after" in request.query else None
     ndjson = _wants_ndjson(request.headers.get("Accept", ""), request.query.get("format"))
     limit = _limit_of(gw.settings, request.query, optional=ndjson)
     key, meta_key = gw.keyspace.job_keys(job)[:2]
     if not await gw.redis.exists(key, meta_key):
         raise not_found(job)
+    start = after or ZERO
     if ndjson:
-        return await _download(gw, request, job, flt, rng, limit)
+        # a whole range: the gap (if any) is known before the first line, so it goes in a header
+        gap = await _gap(gw, job, start, False, None) if not rng.empty and not rng.desc else None
+        return await _download(gw, request, job, flt, rng, limit, gap)
     entries, next_id = await _page(gw, job, flt, rng, limit or gw.settings.replay_default_limit)
-    body = '{"entries":[' + ",".join(map(entry_json, entries)) + '],"next":' + json.dumps(next_id) + "}"
+    gap = await _gap(gw, job, start, rng.desc, next_id) if not rng.empty else None
+    body = (
+        '{"entries":[' + ",".join(map(entry_json, entries)) + '],"next":' + json.dumps(next_id)
+        + ',"gap":' + json.dumps(gap) + "}"
+    )  # fmt: skip
     return web.Response(text=body, content_type="application/json")
+
+
+async def _gap(
+    gw: Gateway, job: str, start: StreamId, desc: bool, next_id: str | None
+) -> dict[str, str] | None:
+    """The ``gap`` object (as the stream's ``gap`` event) when retention trimmed entries between
+    the start of the requested range and what this page holds: an ascending page from ``after``,
+    or a descending one that reached the oldest entry still stored."""
+    if desc and next_id is not None:
+        return None  # the range's start is not reached yet: a later page says
+    first_available = await trimmed_since(gw.redis, gw.keyspace, job, start)
+    if first_available is None:
+        return None
+    return {"after": format_id(start), "first_available": format_id(first_available), "reason": "trimmed"}
 
 
 def _range_of(query: Mapping[str, str]) -> _Range:
@@ -164,9 +187,17 @@ async def _page(
 
 
 async def _download(
-    gw: Gateway, request: web.Request, job: str, flt: Filter, rng: _Range, limit: int | None
+    gw: Gateway,
+    request: web.Request,
+    job: str,
+    flt: Filter,
+    rng: _Range,
+    limit: int | None,
+    gap: dict[str, str] | None,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Disposition": _disposition(job, flt.step)})
+    if gap is not None:
+        resp.headers[GAP_HEADER] = ", ".join(f"{k}={v}" for k, v in gap.items())
     resp.content_type = NDJSON
     resp.charset = "utf-8"
     await resp.prepare(request)

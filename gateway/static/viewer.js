@@ -148,6 +148,7 @@ class StepPanel {
   async page(before) {
     const q = `order=desc&limit=${MAX_LINES}&before=${before}` + (this.name ? `&step=${enc(this.name)}` : "");
     const data = await api(`/v1/jobs/${enc(this.view.job)}/logs?${q}`);
+    if (data.gap) this.view.notice.textContent = `entries before ${data.gap.first_available} were removed by retention`;
     const entries = data.entries.filter((e) => (e.step ?? null) === this.name).reverse();
     for (const e of entries) this.addWorker(e.worker);
     return entries;

@@ -65,3 +65,36 @@ async def test_a_cursor_older_than_retention_gets_a_gap_event(
         "after": first, "first_available": oldest, "reason": "trimmed"
     }  # fmt: skip
     assert events[1].id == oldest and events[-1].event == "end"
+
+
+async def test_replay_says_when_the_range_it_reads_was_trimmed(
+    make_gateway: MakeGateway, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """Replay gave no sign that a range was trimmed (the stream says so with a ``gap`` event)."""
+    config = PublisherConfig(stream_maxlen=200, max_batch_entries=50)
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        job = pub.job("cut")
+        job.info("the very first entry")
+        assert pub.flush().ok
+        first = redis_client.xrange(Keyspace().stream("cut"), count=1)[0][0].decode()
+        for i in range(3000):
+            job.step("s").info(f"e{i}")
+        job.end("completed")
+    client = await make_gateway()
+    oldest = redis_client.xrange(Keyspace().stream("cut"), count=1)[0][0].decode()
+    trimmed = {"after": "0-0", "first_available": oldest, "reason": "trimmed"}
+    from_start = await (await client.get("/v1/jobs/cut/logs?limit=10")).json()
+    assert from_start["gap"] == trimmed and from_start["entries"][0]["id"] == oldest
+    after_first = await (await client.get(f"/v1/jobs/cut/logs?limit=10&after={first}")).json()
+    assert after_first["gap"] == {**trimmed, "after": first}
+    inside = await (await client.get(f"/v1/jobs/cut/logs?limit=10&after={from_start['next']}")).json()
+    assert inside["gap"] is None, "a cursor inside what is kept lost nothing"
+    newest = await (await client.get("/v1/jobs/cut/logs?order=desc&limit=10")).json()
+    assert newest["gap"] is None, "a descending page says it once it reaches the oldest entry kept"
+    second = from_start["entries"][1]["id"]
+    last = await (await client.get(f"/v1/jobs/cut/logs?order=desc&limit=500&before={second}")).json()
+    assert [e["id"] for e in last["entries"]] == [oldest] and last["next"] is None
+    assert last["gap"] == trimmed
+    download = await client.get("/v1/jobs/cut/logs?format=ndjson")
+    assert download.headers["Logbroker-Gap"] == f"after=0-0, first_available={oldest}, reason=trimmed"
+    assert (await download.text()).splitlines()[0].startswith(f'{{"id":"{oldest}"')

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 
-from broker import SyncPublisher
+from broker import PublisherConfig, SyncPublisher
 from gateway.cli.redis_server import RedisServer
 from tests.support.gateway_process import GatewayProcess
 from tests.support.helpers import read_meta
@@ -177,5 +177,28 @@ def test_flood_keeps_the_dom_bounded_and_the_page_responsive(
         page.click('.step[data-step="bulk"] .earlier')
         page.wait_for_function("document.querySelectorAll('.step[data-step=\"bulk\"] .line').length === 1000")
         assert _dom_lines(page, "bulk") == list(range(18_002 - 999, 18_003))
+    finally:
+        gw.stop()
+
+
+def test_the_page_says_when_retention_removed_the_oldest_lines(
+    page: Any, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A finished job whose oldest entries were trimmed: the step panel's replay page reaches the
+    oldest entry kept, and the page says what retention removed instead of starting silently."""
+    config = PublisherConfig(stream_maxlen=200, max_batch_entries=50)
+    with SyncPublisher(redis_server.url, config=config) as pub:
+        job = pub.job("trimmed", name="Trimmed", type="manager")
+        for i in range(3000):
+            job.step("s").worker("w").info(f"line {i}")
+        job.end("completed")
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log").start()
+    try:
+        page.goto(f"{gw.url}/#/jobs/trimmed")
+        notice = page.get_by_text("were removed by retention")
+        notice.wait_for(timeout=20_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer-trimmed.png"), full_page=True)
+        assert "entries before" in notice.inner_text()
     finally:
         gw.stop()
