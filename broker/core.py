@@ -128,6 +128,11 @@ class PublisherCore:
         error: BaseException | None = None
         for batch, outcome in zip(batches, outcomes, strict=True):
             if not isinstance(outcome, BaseException):
+                if outcome.refused:
+                    log.error(
+                        "job %s has ended: %d entries published after its end were refused",
+                        batch.job, outcome.refused,
+                    )  # fmt: skip
                 self._outbox.settle(batch, outcome)
             elif is_retryable(outcome):
                 retry.append(batch)

@@ -302,7 +302,8 @@ class Outbox:
                 self.rejected += n
             else:
                 self.duplicates += result.duplicates
-                self.delivered += n - result.duplicates
+                self.rejected += result.refused
+                self.delivered += n - result.duplicates - result.refused
             if q.dropped:
                 self._queue_marker(q)
             if q.items:

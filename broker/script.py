@@ -39,6 +39,7 @@ class Durability:
 class WriteResult:
     ids: list[str]
     duplicates: int
+    refused: int = 0  # not stored: the job had ended before them (docs/design.md §3)
 
 
 def write_args(
@@ -64,5 +65,5 @@ def write_args(
 
 
 def parse_reply(reply: Any) -> WriteResult:
-    dups, ids = reply
-    return WriteResult([i.decode() if isinstance(i, bytes) else str(i) for i in ids], int(dups))
+    dups, ids, refused = reply
+    return WriteResult([i.decode() if isinstance(i, bytes) else str(i) for i in ids], int(dups), int(refused))

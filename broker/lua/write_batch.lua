@@ -1,16 +1,19 @@
--- logbroker: write one batch of entries of one job, atomically (DESIGN §3).
+-- logbroker: write one batch of entries of one job, atomically (docs/design.md §3).
 --
 -- KEYS: 1 stream, 2 meta hash, 3 partition job index (sorted set); all share one hash tag.
 -- ARGV: 1 job id, 2 MAXLEN (0 = unbounded), 3 idle TTL s (0 = none), 4 TTL s after the end,
 --       5 job name ('' = keep), 6 job type ('' = keep),
 --       7 msgpack array of control tuples {step, worker, src, seq, kind, status, body}
 --         ('' = not set; seq 0 = no idempotency; kind 0 log, 1 status, 2 end).
--- Returns {duplicates, {id, ...}} with the ids of the entries stored by this call, in order.
+-- Returns {duplicates, {id, ...}, refused} with the ids of the entries stored by this call, in
+-- order, and how many entries were refused because the job had ended before them.
 --
 -- Idempotency: an entry whose seq is <= the last seq stored for its src is skipped, so a batch
 -- retried after a lost reply never duplicates. Lines: one counter per step (and one for the job
 -- level), so per-step lines are 1..N whatever the number of writers. Counters are kept in Lua
 -- locals and written once per batch, except before an end entry, whose totals must be exact.
+-- Ended: once a job's end entry is stored, no entry is stored after it (a duplicate is still a
+-- duplicate): its stream and totals are final, and a second end cannot change its status.
 
 local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]
 local job = ARGV[1]
@@ -27,7 +30,8 @@ local counters = {}   -- meta field -> number (loaded lazily, written at flush)
 local dirty = {}      -- meta fields whose counter changed
 local sets = {}       -- meta field -> string, last write wins
 local firsts = {}     -- meta field -> string, written only if absent
-local ended = false
+local ended = false   -- an end entry stored by this call
+local closed = redis.call('HEXISTS', meta, 'end_id') == 1   -- the job has an end entry
 
 local function counter(field)
   local v = counters[field]
@@ -218,12 +222,15 @@ end
 local ids = {}
 local stored = 0
 local dups = 0
+local refused = 0
 for _, e in ipairs(batch) do
   local seq, kind = e[4], e[5]
   local g = group_of(e[3], e[1], e[2])
   local s = g.src
   if s and seq > 0 and seq <= s.seq then
     dups = dups + 1
+  elseif closed then
+    refused = refused + 1
   else
     local st = g.st
     local line = st.line + 1
@@ -233,7 +240,7 @@ for _, e in ipairs(batch) do
       fold()
       flush()
       id = redis.call('XADD', stream, '*', 'l', line, 'b', e[7], 't', cmsgpack.pack(totals()))
-      ended = true
+      ended, closed = true, true
       sets['status'] = e[6]
       sets['ended_ms'] = now
       sets['end_id'] = id
@@ -263,7 +270,7 @@ end
 fold()
 
 if #ids == 0 then
-  return {dups, ids}
+  return {dups, ids, refused}
 end
 if maxlen > 0 then
   -- once per batch: trimming on every XADD costs more than the append itself
@@ -289,4 +296,4 @@ if idle_ttl > 0 then
   -- index cleanup: a job idle for longer than the idle TTL has expired with it
   redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - idle_ttl * 1000))
 end
-return {dups, ids}
+return {dups, ids, refused}

@@ -261,6 +261,11 @@ async def _write(gw: Gateway, job: str, batches: list[Batch]) -> tuple[list[str]
         duplicates += outcome.duplicates
         gw.metrics.ingest_entries.labels(result="accepted").inc(len(outcome.ids))
         gw.metrics.ingest_entries.labels(result="duplicate").inc(outcome.duplicates)
+        if outcome.refused:
+            gw.metrics.ingest_entries.labels(result="rejected").inc(outcome.refused)
+            done = f"{len(ids)} entries of this request were stored and {duplicates} were duplicates"
+            message = f"job {job!r} has ended: {outcome.refused} entries after its end were refused; {done}"
+            raise ApiError(409, "job_ended", message)
     return ids, duplicates
 
 

@@ -43,17 +43,21 @@ CURSOR_ID_PATTERN = r"^\d{1,20}(-\d{1,20})?$"  # what ``ids.parse_id`` accepts: 
 ENTRY_ID_PATTERN = r"^\d{1,20}-\d{1,20}$"  # what Redis hands out
 NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # step, worker, parent, src, job name/type: no control characters
 STATUS_PATTERN = rf"^[A-Za-z0-9_.-]{{1,{MAX_STATUS_LEN}}}$"
-JOBS_CURSOR_PATTERN = r"^\d{1,19}:[A-Za-z0-9._:-]{1,128}$"  # ``<score>:<job>``, a previous ``next``
+# ``<score>:<job>``, a previous ``next``; ``<score>:~<hash>`` names a job the token does not cover
+JOBS_CURSOR_PATTERN = r"^\d{1,19}:([A-Za-z0-9._:-]{1,128}|~[0-9a-f]{32})$"
 SSE = "text/event-stream"
 FILTERS = ("step", "worker", "level", "kind")
 
 ERRORS: dict[int, str] = {
     400: "A malformed job id, stream id, parameter or entry: `invalid_job`, `invalid_id`, "
     "`invalid_parameter`, `invalid_level`, `invalid_kind`, `invalid_cursor`, `invalid_status`, "
-    "`invalid_entry`, `invalid_json`, `invalid_body`, `invalid_encoding` or `empty_body`",
+    "`invalid_entry`, `invalid_json`, `invalid_body`, `invalid_encoding`, `empty_body`, "
+    "`unknown_parameter` or `repeated_parameter`",
     401: "`unauthorized`: the token is missing, malformed, expired or badly signed",
     403: "`forbidden`: the token does not cover this scope or job",
     404: "`job_not_found`: the job never existed or has expired",
+    409: "`job_ended`: the job has an end entry, and nothing is stored after it (what the request "
+    "stored before that point is said in the message)",
     413: "`body_too_large` (the body is over the size limit) or `too_many_entries`",
     415: "`unsupported_media_type`: the body must be application/json or application/x-ndjson, UTF-8",
     503: "`redis_unavailable` (Redis is not reachable) or `too_many_clients` (the gateway is at its "
@@ -306,7 +310,7 @@ def _paths(settings: GatewaySettings) -> dict[str, Any]:
             ),
             "post": _op(
                 "postLogs", "logs", "Ingest: validated whole, stored in order, idempotent by src/seq",
-                _ok(_ref("IngestAnswer"), "stored") | _errors(400, 413, 415, 503), "job",
+                _ok(_ref("IngestAnswer"), "stored") | _errors(400, 409, 413, 415, 503), "job",
             )
             | {"requestBody": ingest_body},
         },

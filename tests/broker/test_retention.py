@@ -36,12 +36,16 @@ def test_ttl_idle_then_ended_and_index_cleanup(redis_server: RedisServer, redis_
         pub.job("ttl").end("completed")
         assert pub.flush().ok
         assert 40 <= redis_client.ttl(ks.stream("ttl")) <= 50 and 40 <= redis_client.ttl(ks.meta("ttl")) <= 50
-        pub.job("ttl").info("a late line keeps the ended TTL, not the idle one")
-    assert redis_client.ttl(ks.meta("ttl")) <= 50
+        pub.job("ttl").info("a late line is refused: the job has ended")
+        late = pub.flush()
+        assert late.rejected == 1 and not late.ok, "reported, never silent"
+    assert redis_client.ttl(ks.meta("ttl")) <= 50, "the ended TTL holds"
+    assert redis_client.xlen(ks.stream("ttl")) == 2
     index = ks.index(ks.partition("ttl"))
+    neighbour = next(f"ttl-{i}" for i in range(1000) if ks.partition(f"ttl-{i}") == ks.partition("ttl"))
     redis_client.zadd(index, {"long-gone": time.time() * 1000 - 2_000_000})  # idle for longer than 1000 s
     with SyncPublisher(redis_server.url, config=config) as pub:
-        pub.job("ttl").info("any write to the partition cleans its index")
+        pub.job(neighbour).info("any write to the partition cleans its index")
     assert redis_client.zscore(index, "long-gone") is None and redis_client.zscore(index, "ttl") is not None
 
 

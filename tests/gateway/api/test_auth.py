@@ -199,14 +199,14 @@ async def test_expiry_allows_only_the_configured_leeway(
 
 async def test_publishing_needs_the_publish_scope_for_that_job(secured: Client) -> None:
     entries = [{"msg": "hello", "src": "ext", "seq": 1}]
-    for scope, job, status in [
-        ("read", "job-a", 403),
-        ("metrics", "job-a", 403),
+    for scope, job, status in [  # job-a has ended (nothing is stored after an end): job-a-2 runs
+        ("read", "job-a-2", 403),
+        ("metrics", "job-a-2", 403),
         ("publish", "job-b", 403),
-        ("publish", "job-a", 200),
+        ("publish", "job-a-2", 200),
         ("read publish", "job-c", 403),
     ]:
-        resp = await secured.post(f"/v1/jobs/{job}/logs", json=entries, headers=bearer(token("job-a", scope)))
+        resp = await secured.post(f"/v1/jobs/{job}/logs", json=entries, headers=bearer(token("job-a*", scope)))
         assert resp.status == status, (scope, job, await resp.text())
         if status == 403:
             assert (await resp.json())["error"]["code"] == "forbidden"
@@ -214,7 +214,7 @@ async def test_publishing_needs_the_publish_scope_for_that_job(secured: Client) 
     for path in ("/v1/jobs/job-a", "/v1/jobs/job-a/logs", "/v1/jobs/job-a/stream"):
         assert (await error_of(await secured.get(path, headers=only_publish), 403))["code"] == "forbidden"
     replay = await (
-        await secured.get("/v1/jobs/job-a/logs?limit=1&order=desc", headers=bearer(token()))
+        await secured.get("/v1/jobs/job-a-2/logs?limit=1&order=desc", headers=bearer(token("job-a*")))
     ).json()
     assert replay["entries"][0]["msg"] == "hello"
 

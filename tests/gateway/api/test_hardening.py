@@ -14,6 +14,7 @@ import httpx
 import redis
 from aiohttp import ClientSession, TCPConnector, web
 
+from broker import SyncPublisher
 from gateway.api import create_app
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
@@ -142,7 +143,7 @@ async def test_more_concurrent_requests_than_redis_connections_wait_instead_of_f
 async def test_a_small_pool_makes_requests_wait_their_turn(
     make_gateway: MakeGateway, redis_server: RedisServer
 ) -> None:
-    publish_entries(redis_server.url, "few", 3)
+    publish_entries(redis_server.url, "few", 3, end=False)
     client = await make_gateway(redis_max_connections=2)
     gets = [client.get("/v1/jobs/few") for _ in range(50)]
     posts = [client.post("/v1/jobs/few/logs", json=[{"msg": "m"}]) for _ in range(50)]
@@ -277,3 +278,36 @@ def test_a_gzip_bomb_is_refused_without_being_inflated(tmp_path: Path, redis_ser
         assert httpx.get(f"{gateway.url}/healthz", timeout=1).status_code == 200
     finally:
         gateway.stop()
+
+
+async def test_nothing_is_stored_after_a_jobs_end(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """Entries after ``end`` were accepted and never reached live clients (their streams had
+    stopped at the first end, a reconnect got 204); a second end flipped completed to failed."""
+    client = await make_gateway()
+    ended = await client.post(
+        "/v1/jobs/fin/logs", json=[{"msg": "m"}, {"msg": "e", "kind": "end", "status": "completed"}]
+    )
+    assert ended.status == 200
+    late = await error_of(await client.post("/v1/jobs/fin/logs", json=[{"msg": "late"}]), 409)
+    assert late["code"] == "job_ended" and "1 entries after its end were refused" in late["message"]
+    again = await error_of(
+        await client.post("/v1/jobs/fin/logs", json=[{"msg": "x", "kind": "end", "status": "failed"}]), 409
+    )
+    assert again["code"] == "job_ended"
+    mixed = await error_of(
+        await client.post(
+            "/v1/jobs/fin2/logs", json=[{"msg": "e", "kind": "end", "status": "ok"}, {"msg": "after"}]
+        ),
+        409,
+    )
+    assert "1 entries of this request were stored" in mixed["message"]
+    meta = await (await client.get("/v1/jobs/fin")).json()
+    assert meta["status"] == "completed" and meta["entries"] == 2
+    logs = await (await client.get("/v1/jobs/fin2/logs")).json()
+    assert [e["kind"] for e in logs["entries"]] == ["end"]
+    with SyncPublisher(redis_server.url) as pub:
+        pub.job("fin").info("from a publisher")
+        report = pub.flush()
+    assert report.rejected == 1 and report.delivered == 0 and not report.ok
