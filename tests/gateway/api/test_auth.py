@@ -206,7 +206,9 @@ async def test_publishing_needs_the_publish_scope_for_that_job(secured: Client) 
         ("publish", "job-a-2", 200),
         ("read publish", "job-c", 403),
     ]:
-        resp = await secured.post(f"/v1/jobs/{job}/logs", json=entries, headers=bearer(token("job-a*", scope)))
+        resp = await secured.post(
+            f"/v1/jobs/{job}/logs", json=entries, headers=bearer(token("job-a*", scope))
+        )
         assert resp.status == status, (scope, job, await resp.text())
         if status == 403:
             assert (await resp.json())["error"]["code"] == "forbidden"
