@@ -129,3 +129,16 @@ def follow_many(args: tuple[str | list[str], str, int]) -> list[tuple[list[str],
     for t in threads:
         t.join()
     return results
+
+
+def dechunk(body: bytes) -> bytes:
+    """An HTTP/1.1 chunked body, unframed; every chunk must be framed exactly."""
+    out = b""
+    while True:
+        size_line, _, rest = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return out
+        out += rest[:size]
+        assert rest[size : size + 2] == b"\r\n", "every chunk is framed exactly"
+        body = rest[size + 2 :]

@@ -28,7 +28,7 @@ from gateway.live.sse_response import http_chunk, kernel_queued
 from tests.support.fixture_types import MakeGateway
 from tests.support.helpers import read_job, stuck_client, wait_for_subscribers
 from tests.support.jobs import Line, publish_job
-from tests.support.sse_client import parse
+from tests.support.sse_client import dechunk, parse
 
 
 @dataclass(eq=False)
@@ -117,18 +117,6 @@ async def read_http(port: int, path: str, version: str, until: bytes) -> bytes:
     finally:
         writer.close()
     return data
-
-
-def dechunk(body: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return out
-        out += rest[:size]
-        assert rest[size : size + 2] == b"\r\n", "every chunk is framed exactly"
-        body = rest[size + 2 :]
 
 
 async def test_live_clients_get_pushes_exact_bytes_in_both_framings(

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from gateway.live.frames import Shared
 from gateway.live.sse_response import SSEResponse, http_chunk
+from tests.support.sse_client import dechunk
 
 Handler = Callable[[SSEResponse], Awaitable[None]]
 
@@ -54,18 +55,6 @@ async def raw_get(server: TestServer, version: str) -> tuple[bytes, bytes]:
     writer.close()
     head, _, body = data.partition(b"\r\n\r\n")
     return head, body
-
-
-def dechunk(body: bytes) -> bytes:
-    out = b""
-    while True:
-        size_line, _, rest = body.partition(b"\r\n")
-        size = int(size_line, 16)
-        if size == 0:
-            return out
-        out += rest[:size]
-        assert rest[size : size + 2] == b"\r\n", "each chunk ends with CRLF"
-        body = rest[size + 2 :]
 
 
 async def test_the_payload_writer_has_what_the_response_uses(
