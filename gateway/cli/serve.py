@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -40,6 +41,7 @@ def redis_for(settings: GatewaySettings) -> Iterator[str | None]:
 
 
 def serve(settings: GatewaySettings) -> None:
+    open_files_for(settings)
     with redis_for(settings) as url:
         app = serving_app(settings, url)
         where = url or f"Sentinel master {settings.sentinel_master}"
@@ -52,6 +54,36 @@ def serve(settings: GatewaySettings) -> None:
             # not at its next write (a reconnect loop otherwise filled max_clients)
             handler_cancellation=True,
             auto_decompress=False,  # ingest inflates bodies itself, within the body limit (api/body.py)
+        )  # fmt: skip
+
+
+FILES_BESIDE_CLIENTS = 256  # listening socket, readers and their control connections, logs, slack
+
+
+def files_needed(settings: GatewaySettings) -> int:
+    """Descriptors a gateway at its limits holds: every client, both Redis pools, the readers."""
+    return (
+        settings.max_clients
+        + 2 * settings.redis_max_connections
+        + 2 * settings.partitions
+        + FILES_BESIDE_CLIENTS
+    )
+
+
+def open_files_for(settings: GatewaySettings) -> None:
+    """Raise the process's open-file limit to what ``max_clients`` needs, up to the hard limit: at
+    the usual soft limit of 1,024, a thousand slow connections made /healthz and ingest fail."""
+    needed = files_needed(settings)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return
+    target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < needed:
+        log.warning(
+            "open-file limit %d (hard) is below the %d that LOGBROKER_MAX_CLIENTS=%d needs: raise the "
+            "hard limit (ulimit -Hn) or lower LOGBROKER_MAX_CLIENTS to about %d",
+            hard, needed, settings.max_clients, max(1, target - (needed - settings.max_clients)),
         )  # fmt: skip
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -14,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from gateway.cli.redis_server import RedisServer, free_port
+from gateway.cli.serve import files_needed
 from gateway.settings import GatewaySettings
 from tests.support.paths import ROOT
 
@@ -212,3 +215,45 @@ def test_startup_failures_are_one_clear_line_and_a_non_zero_exit(tmp_path: Path)
         assert result.returncode == 1, result.stderr
         assert "Traceback" not in result.stderr, result.stderr
         assert last.startswith("logbroker serve: ") and says in last, last
+
+
+def _soft_open_files(pid: int) -> int:
+    with open(f"/proc/{pid}/limits") as limits:
+        row = next(line for line in limits if line.startswith("Max open files"))
+    return int(row.split()[3])
+
+
+@pytest.mark.parametrize("hard", [16_000, 2_048])
+def test_serve_raises_its_open_file_limit_to_what_max_clients_needs(
+    tmp_path: Path, redis_server: RedisServer, hard: int
+) -> None:
+    """At a soft limit of 1,024, a thousand slow connections made /healthz and ingest fail."""
+    _, machine_hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if machine_hard != resource.RLIM_INFINITY and machine_hard < hard:
+        pytest.skip(f"the hard open-file limit here is {machine_hard}")
+    port = free_port()
+    log = tmp_path / "gw.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "--port", str(port), "--redis-url", redis_server.url],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard)),
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.05)
+        soft = _soft_open_files(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    needed = files_needed(GatewaySettings())
+    if hard >= needed:
+        assert soft == needed
+    else:
+        assert (
+            soft == hard and "is below the" in log.read_text() and "LOGBROKER_MAX_CLIENTS" in log.read_text()
+        )
