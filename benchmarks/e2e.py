@@ -319,7 +319,9 @@ def deliver(
     else:
         log(f"{obs.variant}: publishers did not finish within the time box")
     reports, obs.stopped = pool.collect(deadline)
-    obs.gateway_cpu_s = gw.cpu_s() - cpu
+    # /proc counts CPU in clock ticks (10 ms): a smoke run's gateway can cost less than one, which
+    # read as 0 and left its per-CPU figures undefined; one tick is then the honest upper bound
+    obs.gateway_cpu_s = max(gw.cpu_s() - cpu, 1 / os.sysconf("SC_CLK_TCK"))
     obs.clients = sorted((c for r in reports for c in r.clients), key=lambda c: c.index)
     obs.clients_cpu_s = sum(r.cpu_s for r in reports)
 
