@@ -32,6 +32,7 @@ import asyncio
 import datetime
 import json
 import multiprocessing
+import os
 import queue
 import secrets
 import sys
