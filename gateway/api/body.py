@@ -55,23 +55,23 @@ def _still_compressed(head: bytes) -> bool:
 
 
 def inflate(data: bytes, wbits: int, limit: int) -> bytes:
-    """The inflated body, or 413 as soon as it passes ``limit``, or 400 for a corrupt stream."""
-    inflater = zlib.decompressobj(wbits)
+    """The inflated body, or 413 as soon as it passes ``limit``, or 400 for a corrupt stream. A
+    gzip body may hold several members one after another (RFC 1952 §2.2): each is inflated."""
     out = bytearray()
     pending = data
     try:
-        while pending or not inflater.eof:
-            piece = inflater.decompress(pending, _SLICE)
-            out += piece
-            if len(out) > limit:
-                raise too_large(limit)
-            pending = inflater.unconsumed_tail
-            if not piece and not pending:
-                break
+        while pending:
+            inflater = zlib.decompressobj(wbits)
+            while pending and not inflater.eof:
+                out += inflater.decompress(pending, _SLICE)
+                if len(out) > limit:
+                    raise too_large(limit)
+                pending = inflater.unconsumed_tail
+            if not inflater.eof:
+                raise bad_request(
+                    "invalid_body", "the request body could not be read: the compressed stream is cut short"
+                )
+            pending = inflater.unused_data
     except zlib.error as e:
         raise bad_request("invalid_body", f"the request body could not be read: {e}") from None
-    if not inflater.eof:
-        raise bad_request(
-            "invalid_body", "the request body could not be read: the compressed stream is cut short"
-        )
     return bytes(out)

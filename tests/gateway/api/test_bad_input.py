@@ -223,6 +223,20 @@ CASES: list[Any] = [
     body("gzip-cut-short", 400, "invalid_body", BOMB[:1000], {**JSON, "Content-Encoding": "gzip"}),
     body("deflate-ok", 200, None, zlib.compress(b'[{"msg":"m"}]'), {**JSON, "Content-Encoding": "deflate"}),
     body("gzip-ok", 200, None, gzip.compress(b'[{"msg":"m"}]'), {**JSON, "Content-Encoding": "gzip"}),
+    body(
+        "gzip-two-members",
+        200,
+        None,
+        gzip.compress(b'[{"msg":"a"}') + gzip.compress(b',{"msg":"b"}]'),
+        {**JSON, "Content-Encoding": "gzip"},
+    ),
+    body(
+        "gzip-trailing-garbage",
+        400,
+        "invalid_body",
+        gzip.compress(b'[{"msg":"m"}]') + b"garbage",
+        {**JSON, "Content-Encoding": "gzip"},
+    ),
     # --- bodies: JSON, NDJSON, encodings, types, sizes
     body("json-truncated", 400, "invalid_json", b'[{"msg":'),
     body("json-with-bom", 400, "invalid_json", b"\xef\xbb\xbf" + entries({"msg": "m"})),
