@@ -2,7 +2,8 @@
 
 ``subscribe(job, filter, cursor)`` is the only way in, an async context manager in the pattern of
 encode/broadcaster's ``Broadcast.subscribe``: it refuses a client beyond ``max_clients``, registers
-the subscriber (the client count, the clients gauge and the watchdog all read that one set) and
+the subscriber (the client count, the clients gauge, /readyz and the watchdog all read that one
+set) and
 unregisters it in ``finally``, whatever ended the stream. The job's ring is held meanwhile and
 kept a few seconds after its last subscriber left, so a reconnect finds it warm. ``close_streams``
 ends every stream and waits until their handlers are done.
@@ -47,6 +48,7 @@ class Hub:
         self.keyspace: Keyspace = settings.keyspace
         self._connector = connector
         self._subscribers: set[Subscriber] = set()
+        metrics.clients.set_function(lambda: len(self._subscribers))  # read from the set, not kept apart
         self._none_left = asyncio.Event()
         self._none_left.set()
         self._rings: dict[str, Ring] = {}
@@ -101,13 +103,11 @@ class Hub:
             )  # fmt: skip
             self._subscribers.add(sub)
             self._none_left.clear()
-            self.metrics.clients.inc()
             try:
                 yield sub
             finally:
                 sub.report()
                 self._subscribers.discard(sub)
-                self.metrics.clients.dec()
                 if not self._subscribers:
                     self._none_left.set()
 

@@ -101,8 +101,10 @@ async def test_a_client_that_hangs_up_frees_its_slot_without_waiting_for_a_write
             for s in await asyncio.to_thread(_open_streams, port, "drop", 10):
                 s.close()
             await wait_for_subscribers(gw, 0, timeout_s=2.5)
+        assert gw.metrics.registry.get_sample_value("logbroker_sse_clients") == 0, "the gauge reads the hub"
         async with ClientSession() as http, http.get(f"http://127.0.0.1:{port}/v1/jobs/drop/stream") as resp:
             assert resp.status == 200 and gw.hub.clients == 1
+            assert gw.metrics.registry.get_sample_value("logbroker_sse_clients") == 1
     finally:
         await runner.cleanup()
 
