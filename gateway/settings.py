@@ -85,6 +85,7 @@ class GatewaySettings(BaseSettings):
     # replay and ingest
     replay_default_limit: int = Field(100, ge=1)
     replay_max_limit: int = Field(5000, ge=1)
+    replay_max_bytes: int = Field(8 * 1024 * 1024, ge=64 * 1024)  # a JSON page stops past this much
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_ingest_entries: int = Field(10_000, ge=1)
     max_message_bytes: int = Field(DEFAULT_MAX_MESSAGE_BYTES, ge=256)

@@ -44,6 +44,7 @@ from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
 
+_WRITE_BYTES = 1024 * 1024  # an NDJSON download writes at most about this much at once
 GAP_HEADER = "Logbroker-Gap"  # an ascending NDJSON download that starts in a trimmed range
 _UNSAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._:-]")
 
@@ -91,7 +92,7 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
     entries, next_id = await _page(gw, job, flt, rng, limit or gw.settings.replay_default_limit)
     gap = await _gap(gw, job, start, rng.desc, next_id) if not rng.empty else None
     body = (
-        '{"entries":[' + ",".join(map(entry_json, entries)) + '],"next":' + json.dumps(next_id)
+        '{"entries":[' + ",".join(entries) + '],"next":' + json.dumps(next_id)
         + ',"gap":' + json.dumps(gap) + "}"
     )  # fmt: skip
     return web.Response(text=body, content_type="application/json")
@@ -161,26 +162,32 @@ def _passes(entry: Entry | None, flt: Filter) -> TypeGuard[Entry]:
     return flt.passes(item)
 
 
-async def _page(
-    gw: Gateway, job: str, flt: Filter, rng: _Range, limit: int
-) -> tuple[list[Entry], str | None]:
-    """Up to ``limit`` matching entries, and where the next page starts (``None``: range done)."""
+async def _page(gw: Gateway, job: str, flt: Filter, rng: _Range, limit: int) -> tuple[list[str], str | None]:
+    """Up to ``limit`` matching entries as JSON, within about ``replay_max_bytes`` (one entry at
+    least), and where the next page starts (``None``: range done). Counted in bytes too: a page
+    of 500 entries of 64 KB control characters was 186 MiB of JSON held at once."""
     key = gw.keyspace.stream(job)
     count = gw.settings.page_entries if flt.active else limit + 1
-    found: list[Entry] = []
-    last: str | None = None
+    budget = gw.settings.replay_max_bytes
+    found: list[str] = []
+    size = 0
+    last: str | None = None  # the last entry looked at
+    last_found: str | None = None
     for _ in range(MAX_SCAN_PAGES):
         page = await rng.read(gw.redis, key, count)
         for raw_id, fields in page:
             last, entry = _decode(job, raw_id, fields)
             if _passes(entry, flt):
-                if len(found) == limit:
-                    return found, found[-1]["id"]
-                found.append(entry)
+                if len(found) == limit or size >= budget:
+                    return found, last_found
+                text = entry_json(entry)
+                found.append(text)
+                size += len(text)
+                last_found = last
         if len(page) < count:
             return found, None
         assert last is not None
-        if len(found) == limit:
+        if len(found) == limit or size >= budget:
             return found, last
         rng.advance(last)
     return found, last
@@ -222,16 +229,22 @@ async def _write_range(
     while left is None or left > 0:
         page = await rng.read(gw.redis, key, count)
         lines: list[str] = []
+        size = taken = 0
         for raw_id, fields in page:
             _, entry = _decode(job, raw_id, fields)
             if _passes(entry, flt):
                 lines.append(entry_json(entry) + "\n")
-                if len(lines) == left:
+                size += len(lines[-1])
+                taken += 1
+                if size >= _WRITE_BYTES:  # big entries: write as we go, never a page at once
+                    await resp.write("".join(lines).encode())
+                    lines, size = [], 0
+                if taken == left:
                     break
         if lines:
             await resp.write("".join(lines).encode())
         if left is not None:
-            left -= len(lines)
+            left -= taken
         if len(page) < count:
             return
         rng.advance(page[-1][0].decode())

@@ -267,3 +267,29 @@ async def test_replay_rejects_malformed_parameters(
     for headers in ({}, {"Accept": "application/x-ndjson"}):
         error = await error_of(await api.get(f"/v1/jobs/j/logs?{query}", headers=headers), 400)
         assert error["code"] == code
+
+
+async def test_pages_are_bounded_in_bytes_and_next_continues(make_gateway: MakeGateway) -> None:
+    """1,000 entries of 65 KB control characters (JSON-escaped to ~390 KB each) made one
+    ``logs?limit=500`` answer 186 MiB: a page now stops past ``replay_max_bytes``."""
+    client = await make_gateway(replay_max_bytes=1024 * 1024)
+    heavy = "\x01" * 60_000  # 6 bytes of JSON each: 360 KB per entry
+    for seq in range(1, 41):  # one per request: a client's body over 1 MiB warns (aiohttp)
+        body = [{"msg": heavy, "src": "big", "seq": seq}]
+        assert (await client.post("/v1/jobs/heavy/logs", json=body)).status == 200
+    seen: list[int] = []
+    cursor = None
+    pages = 0
+    while True:
+        resp = await client.get("/v1/jobs/heavy/logs?limit=500" + (f"&after={cursor}" if cursor else ""))
+        raw = await resp.read()
+        pages += 1
+        assert len(raw) < 1024 * 1024 + 400_000, f"{len(raw)} bytes in one page"
+        page = json.loads(raw)
+        seen += [e["seq"] for e in page["entries"]]
+        cursor = page["next"]
+        if cursor is None:
+            break
+    assert seen == list(range(1, 41)) and pages >= 10, "every entry once, in order, over many pages"
+    download = await client.get("/v1/jobs/heavy/logs?format=ndjson")
+    assert [json.loads(line)["seq"] for line in (await download.text()).splitlines()] == list(range(1, 41))
