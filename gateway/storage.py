@@ -43,13 +43,15 @@ async def trimmed_since(client: AnyRedis, keyspace: Keyspace, job: str, cursor: 
     oldest entry still in the stream; the client missed some when its cursor is older too.
     """
     key, meta_key, _ = keyspace.job_keys(job)
-    oldest = await xrange(client, key, count=1)
+    pipe = client.pipeline(transaction=False)  # one round trip: both keys share the job's slot
+    pipe.xrange(key, count=1)
+    pipe.hget(meta_key, META_FIRST_ID)
+    oldest, first_ever = cast(tuple[list[RawEntry], bytes | None], await pipe.execute())
     if not oldest:
         return None
     first_retained = from_redis(oldest[0][0])
     if cursor >= predecessor(first_retained):  # where a gap event leaves a client: nothing missed
         return None
-    first_ever = await client.hget(meta_key, META_FIRST_ID)
     if first_ever is None or from_redis(first_ever) >= first_retained:
         return None
     return first_retained

@@ -73,6 +73,7 @@ class Tail:
         self.cursor = options.after or self._load_cursor()
         self.final_status: str | None = None
         self.matched = 0  # entries shown, the end entry aside
+        self.resumed_past_end = False  # the cursor was already past the end: what matched was shown before
         self._said_waiting = False
 
     def _load_cursor(self) -> str:
@@ -138,7 +139,8 @@ class Tail:
                     )
                     await asyncio.sleep(delay)
         self._save_cursor()
-        if self.matched == 0 and (self.o.step or self.o.worker or self.o.level):
+        filtered = bool(self.o.step or self.o.worker or self.o.level)
+        if filtered and self.matched == 0 and not self.resumed_past_end:
             print(f"logbroker tail: no entry of job {self.o.job} matched the filters", file=self.err)
             return EXIT_NOTHING_MATCHED
         return 0 if self.final_status in SUCCESS else 1
@@ -151,7 +153,7 @@ class Tail:
         async with http.get(url, params=self._params(), headers=headers) as resp:
             if resp.status == 204:  # we are past the end already
                 self.final_status = await self._job_status(http) or "unknown"
-                self.matched += 1  # it matched before (the cursor is past it): nothing to report
+                self.resumed_past_end = True
                 return
             if 400 <= resp.status < 500:
                 raise GatewayRefused(f"{resp.status}: {(await resp.text())[:300]}")

@@ -14,7 +14,7 @@ from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
 from tests.support.fixture_types import MakeGateway
 from tests.support.helpers import stuck_client, wait_for_subscribers
-from tests.support.jobs import publish_entries
+from tests.support.jobs import Line, publish_entries, publish_job
 from tests.support.sse_client import parse
 
 BIG = "x" * 20_000
@@ -113,3 +113,29 @@ async def test_a_redis_refusal_is_a_json_500_not_a_crash(
     resp = await client.get("/v1/jobs/wrongtype")
     assert resp.status == 500 and (await resp.json())["error"]["code"] == "redis_error"
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_close_streams_waits_for_every_stream_and_aborts_a_stuck_one(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """The hub's shutdown stops every stream and returns only once their handlers are done; a
+    client that never reads (its last bytes cannot go) is aborted after the grace, not waited for."""
+    lines = [Line(f"{i} {BIG}", "s", "w") for i in range(300)]  # 6 MB: more than the sockets hold
+    await asyncio.to_thread(publish_job, redis_server.url, "big", lines, end=None)
+    client = await make_gateway(write_timeout_s=60)
+    hub = client.app[GATEWAY].hub
+    readers = [await client.get("/v1/jobs/big/stream?after=$") for _ in range(3)]
+    with stuck_client(client.port, "big"):
+        await wait_for_subscribers(client.app[GATEWAY], 4)
+        for _ in range(300):  # until the stuck one waits in a write its client will never take
+            if any(sub.writing_since is not None for sub in hub.subscribers):
+                break
+            await asyncio.sleep(0.01)
+        assert any(sub.writing_since is not None for sub in hub.subscribers)
+        started = asyncio.get_running_loop().time()
+        await hub.close_streams(5.0)
+        took = asyncio.get_running_loop().time() - started
+        assert hub.clients == 0, "returned only once every handler was done"
+        assert 0.9 < took < 3.0, f"{took:.1f}s: the stuck stream is aborted after the 1 s grace"
+    for resp in readers:
+        await asyncio.wait_for(resp.read(), 5)  # the readers' streams ended cleanly
