@@ -156,12 +156,12 @@ def verify_and_clean(client: redis.Redis, results: list[ChildResult]) -> bool:
     keyspace: Keyspace = PublisherConfig().keyspace
     ok = True
     for r in results:
-        stream, meta, index = keyspace.job_keys(r.job)
+        stream, meta, index, seqs = keyspace.job_keys(r.job)
         length = int(client.xlen(stream))
         if length != r.published or r.pending:
             log(f"LOST ENTRIES in {r.job}: published {r.published}, stream has {length}, pending {r.pending}")
             ok = False
-        client.delete(stream, meta)
+        client.delete(stream, meta, seqs)
         client.zrem(index, r.job)
     return ok
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,7 +84,26 @@ def _scrub(value: Any) -> Any:
 def pack_control(step: str, worker: str, src: str, seq: int, kind: int, status: str, body: bytes) -> bytes:
     """One element of a write batch: what the Lua script needs to route, count and dedupe."""
     packed: bytes = _pack_raw([step, worker, src, seq, kind, status, body])
-    return packed
+    return _CONTROL_HEADER + packed[1:] + _packed_fingerprint(body, _TS_AT)
+
+
+# The body's time sits at this offset (after the array header and the version); a line's control
+# tuple ends with a fingerprint of its body *without* that time: the same entry sent again (a retry,
+# or an HTTP ingest retry whose time the gateway filled in) has the same fingerprint, and another
+# entry under a seq already stored has (almost surely) another one (docs/design.md §3).
+_TS_AT = 2
+_INT_SIZES = {0xCC: 2, 0xCD: 3, 0xCE: 5, 0xCF: 9, 0xD0: 2, 0xD1: 3, 0xD2: 5, 0xD3: 9}
+
+
+def content_fingerprint(body: bytes | memoryview, ts_at: int = _TS_AT) -> bytes:
+    """CRC-32 (4 bytes) of a packed body, its ``ts_ms`` (at ``ts_at``) left out."""
+    after_ts = ts_at + _INT_SIZES.get(body[ts_at], 1)  # fixints (positive or negative) are one byte
+    return zlib.crc32(memoryview(body)[after_ts:]).to_bytes(4, "big")
+
+
+def _packed_fingerprint(body: bytes | memoryview, ts_at: int) -> bytes:
+    """The fingerprint as the msgpack str of 4 bytes the script compares (cmsgpack reads raw)."""
+    return b"\xa4" + content_fingerprint(body, ts_at)
 
 
 def pack_item(d: Draft, src: str | None, seq: int | None) -> bytes:
@@ -132,8 +152,10 @@ class LinePacker:
         size = len(head) + len(self._body_mid) + len(packed_seq) + len(tail)
         # every ordinary line is 32 bytes to 64 KiB: its header inline, a call per line saved
         body_header = b"\xda" + size.to_bytes(2, "big") if 32 <= size < 0x10000 else _raw_header(size)
-        return b"".join((self._control_head, packed_seq, _LOG_CONTROL_MIDDLE, body_header,
+        item = b"".join((self._control_head, packed_seq, _LOG_CONTROL_MIDDLE, body_header,
                          _BODY_HEADER, head[1:], self._body_mid, packed_seq, tail))  # fmt: skip
+        body_at = len(item) - size
+        return item + _packed_fingerprint(memoryview(item)[body_at:], _TS_AT)
 
     def _generic(self, ts_ms: int, level: int, text: str, seq: int, fields: dict[str, Any] | None) -> bytes:
         step, worker, parent, job_name, job_type = self._identity
@@ -150,7 +172,7 @@ def _raw_header(n: int) -> bytes:
     return b"\xdb" + n.to_bytes(4, "big")
 
 
-_CONTROL_HEADER = b"\x97"  # [step, worker, src, seq, kind, status, body]
+_CONTROL_HEADER = b"\x98"  # [step, worker, src, seq, kind, status, body, fingerprint]
 _BODY_HEADER = bytes((0x90 | _BODY_LEN,))
 _LOG_CONTROL_MIDDLE = _pack_raw(KIND_LOG) + _pack_raw("")  # kind, status of a log line
 

@@ -122,6 +122,17 @@ class PublisherCore:
         lv = LEVELS.get(level) if isinstance(level, str) else None
         return self._outbox.offer_line(origin, lv if lv is not None else level_number(level), msg, fields)
 
+    def _say_conflicts(self, batch: Batch, conflicts: Sequence[tuple[int, int]]) -> None:
+        """Seqs of this publisher's src already stored with other content: another live publisher
+        writes under the same ``src`` (a rolling restart overlapping the old process, or one fixed
+        ``src`` configured twice). Its entries are refused, never called duplicates: say it loudly."""
+        message = (
+            f"job {batch.job}: {len(conflicts)} entries were NOT stored: their seqs under src {self.src!r} "
+            "are already stored with other content; is another publisher running with the same src?"
+        )
+        self._last_error = message
+        log.error("%s", message)
+
     def _settle(self, batches: Sequence[Batch], outcomes: Sequence[Outcome]) -> float | None:
         """Apply write outcomes; returns how long to wait before retrying some, or ``None``."""
         retry: list[Batch] = []
@@ -133,6 +144,8 @@ class PublisherCore:
                         "job %s has ended: %d entries published after its end were refused",
                         batch.job, outcome.refused,
                     )  # fmt: skip
+                if outcome.conflicts:
+                    self._say_conflicts(batch, outcome.conflicts)
                 self._outbox.settle(batch, outcome)
             elif is_retryable(outcome):
                 retry.append(batch)

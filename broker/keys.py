@@ -31,11 +31,11 @@ class Keyspace:
     def partition(self, job: str) -> int:
         return zlib.crc32(job.encode()) % self.partitions
 
-    def job_keys(self, job: str) -> tuple[str, str, str]:
-        """(stream, meta, partition index) of a validated job id."""
+    def job_keys(self, job: str) -> tuple[str, str, str, str]:
+        """(stream, meta, partition index, seqs) of a validated job id: the write script's keys."""
         check_job_id(job)
         tag = f"{self.prefix}:{{p{self.partition(job)}}}"
-        return f"{tag}:job:{job}:log", f"{tag}:job:{job}:meta", f"{tag}:jobs"
+        return f"{tag}:job:{job}:log", f"{tag}:job:{job}:meta", f"{tag}:jobs", f"{tag}:job:{job}:seqs"
 
     def stream(self, job: str) -> str:
         return self.job_keys(job)[0]

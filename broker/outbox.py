@@ -61,7 +61,7 @@ class Batch:
     """The oldest unsent entries of one job; ``items`` are packed control tuples."""
 
     job: str
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str]
     items: list[bytes]
     job_name: str | None
     job_type: str | None
@@ -72,7 +72,7 @@ class _JobQueue:
     """One job's entries not yet settled, oldest first, each as ``(seq, packed item)``."""
 
     job: str
-    keys: tuple[str, str, str]
+    keys: tuple[str, str, str, str]
     items: deque[tuple[int, bytes]] = field(default_factory=deque)
     nbytes: int = 0
     next_seq: int = 1
@@ -301,9 +301,10 @@ class Outbox:
             if result is None:
                 self.rejected += n
             else:
+                not_stored = result.refused + len(result.conflicts)
                 self.duplicates += result.duplicates
-                self.rejected += result.refused
-                self.delivered += n - result.duplicates - result.refused
+                self.rejected += not_stored
+                self.delivered += n - result.duplicates - not_stored
             if q.dropped:
                 self._queue_marker(q)
             if q.items:

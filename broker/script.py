@@ -35,16 +35,22 @@ class Durability:
     timeout_ms: int = 1000
 
 
+SEQ_REUSED = 1  # a conflict: that seq is stored with other content
+SEQ_FRAGMENTED = 2  # a conflict: the src's stored seqs have too many holes to track another
+
+
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     ids: list[str]
     duplicates: int
     refused: int = 0  # not stored: the job had ended before them (docs/design.md §3)
+    # not stored: (position in the batch, SEQ_REUSED or SEQ_FRAGMENTED) of each seq conflict
+    conflicts: tuple[tuple[int, int], ...] = ()
 
 
 def write_args(
     job: str,
-    keys: tuple[str, str, str],
+    keys: tuple[str, str, str, str],
     items: list[bytes],
     retention: Retention,
     job_name: str | None,
@@ -52,7 +58,7 @@ def write_args(
 ) -> list[Any]:
     """``EVALSHA`` arguments after the sha: numkeys, keys, argv."""
     return [
-        3,
+        len(keys),
         *keys,
         job,
         retention.maxlen,
@@ -65,5 +71,8 @@ def write_args(
 
 
 def parse_reply(reply: Any) -> WriteResult:
-    dups, ids, refused = reply
-    return WriteResult([i.decode() if isinstance(i, bytes) else str(i) for i in ids], int(dups), int(refused))
+    dups, ids, refused, flat = reply
+    conflicts = tuple((int(flat[i]) - 1, int(flat[i + 1])) for i in range(0, len(flat), 2))
+    return WriteResult(
+        [i.decode() if isinstance(i, bytes) else str(i) for i in ids], int(dups), int(refused), conflicts
+    )

@@ -42,7 +42,7 @@ async def trimmed_since(client: AnyRedis, keyspace: Keyspace, job: str, cursor: 
     Something was trimmed when the job's first entry ever (kept in its meta) is older than the
     oldest entry still in the stream; the client missed some when its cursor is older too.
     """
-    key, meta_key, _ = keyspace.job_keys(job)
+    key, meta_key = keyspace.job_keys(job)[:2]
     pipe = client.pipeline(transaction=False)  # one round trip: both keys share the job's slot
     pipe.xrange(key, count=1)
     pipe.hget(meta_key, META_FIRST_ID)

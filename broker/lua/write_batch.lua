@@ -1,27 +1,38 @@
 -- logbroker: write one batch of entries of one job, atomically (docs/design.md §3).
 --
--- KEYS: 1 stream, 2 meta hash, 3 partition job index (sorted set); all share one hash tag.
+-- KEYS: 1 stream, 2 meta hash, 3 partition job index (sorted set), 4 seqs hash (per src: which
+--       seqs are stored, and fingerprints of the newest); all share one hash tag.
 -- ARGV: 1 job id, 2 MAXLEN (0 = unbounded), 3 idle TTL s (0 = none), 4 TTL s after the end,
 --       5 job name ('' = keep), 6 job type ('' = keep),
---       7 msgpack array of control tuples {step, worker, src, seq, kind, status, body}
---         ('' = not set; seq 0 = no idempotency; kind 0 log, 1 status, 2 end).
--- Returns {duplicates, {id, ...}, refused} with the ids of the entries stored by this call, in
--- order, and how many entries were refused because the job had ended before them.
+--       7 msgpack array of control tuples {step, worker, src, seq, kind, status, body, fingerprint}
+--         ('' = not set; seq 0 = no idempotency; kind 0 log, 1 status, 2 end; fingerprint: 4 bytes,
+--         the body's CRC-32 without its time).
+-- Returns {duplicates, {id, ...}, refused, {position, reason, ...}} with the ids of the entries
+-- stored by this call, in order, how many entries were refused because the job had ended before
+-- them, and the batch positions (1-based) of the entries refused as seq conflicts with why
+-- (1: that seq is stored with other content; 2: the src's stored seqs are too fragmented).
 --
--- Idempotency: an entry whose seq is <= the last seq stored for its src is skipped, so a batch
--- retried after a lost reply never duplicates. Lines: one counter per step (and one for the job
--- level), so per-step lines are 1..N whatever the number of writers. Counters are kept in Lua
--- locals and written once per batch, except before an end entry, whose totals must be exact.
--- Ended: once a job's end entry is stored, no entry is stored after it (a duplicate is still a
--- duplicate): its stream and totals are final, and a second end cannot change its status.
+-- Idempotency: per src the stored seqs are kept as ranges, so a seq is a duplicate only if it was
+-- stored: lower seqs never stored (a request of seqs 1..1000 after one of 1001..2000) are stored.
+-- A stored seq sent again with the same fingerprint (a retried batch) is a duplicate; with another
+-- fingerprint it is a conflict, refused and reported (two live publishers on one src, or a writer
+-- reusing seqs): never silently called a duplicate. Fingerprints are kept for the newest WINDOW
+-- seqs of each src; an older stored seq is taken as a duplicate. Lines: one counter per step (and
+-- one for the job level), so per-step lines are 1..N whatever the number of writers. Counters are
+-- kept in Lua locals and written once per batch, except before an end entry, whose totals must be
+-- exact. Ended: once a job's end entry is stored, no entry is stored after it (a duplicate is still
+-- a duplicate): its stream and totals are final, and a second end cannot change its status.
 
-local stream, meta, index = KEYS[1], KEYS[2], KEYS[3]
+local stream, meta, index, seqs_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local job = ARGV[1]
 local maxlen = tonumber(ARGV[2])
 local idle_ttl = tonumber(ARGV[3])
 local ended_ttl = tonumber(ARGV[4])
 local batch = cmsgpack.unpack(ARGV[7])
 local SEP = '\031'
+local WINDOW = 1024        -- fingerprints kept per src (docs/design.md §3)
+local MAX_RANGES = 4096    -- stored-seq ranges kept per src; past that, a new hole is refused
+local NO_PRINT = '\0\0\0\0'
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -131,12 +142,138 @@ local function src_of(src)
   if s == nil then
     local p = 'p' .. SEP .. src .. SEP
     s = tally(p .. 'n')
-    s.seq_f, s.moved = p .. 'seq', false
-    s.seq = counter(s.seq_f)
+    s.seq_f, s.moved, s.name = p .. 'seq', false, src
+    s.seq = counter(s.seq_f)  -- the highest seq stored
     srcs[src] = s
     src_list[#src_list + 1] = s
   end
   return s
+end
+
+-- A src's stored seqs (loaded on its first entry with a seq, saved once per batch): ``ranges``
+-- {lo1, hi1, lo2, hi2, ...} ascending (usually one), and ``prints``: the fingerprints of the seqs
+-- ptop-#prints/4+1 .. ptop, 4 bytes each (NO_PRINT in a hole), followed by ``pending`` ones not
+-- yet concatenated; ptop + #pending is always the highest seq stored.
+local function load_seqs(s)
+  local raw = redis.call('HGET', seqs_key, s.name)
+  if raw then
+    local state = cmsgpack.unpack(raw)
+    s.ranges, s.prints = state[1], state[2]
+  elseif s.seq > 0 then
+    s.ranges, s.prints = {1, s.seq}, ''  -- written before seqs were tracked: 1..last taken as stored
+  else
+    s.ranges, s.prints = {}, ''
+  end
+  s.ptop, s.pending, s.changed = s.seq, {}, false
+end
+
+local function materialize(s)
+  if #s.pending > 0 then
+    s.prints = s.prints .. table.concat(s.pending)
+    s.ptop = s.ptop + #s.pending
+    s.pending = {}
+  end
+  local excess = #s.prints - WINDOW * 4
+  if excess > 0 then s.prints = string.sub(s.prints, excess + 1) end
+end
+
+-- where seq's fingerprint starts in prints (nil when older than the window)
+local function print_pos(s, seq)
+  materialize(s)
+  local at = #s.prints - (s.ptop - seq) * 4 - 3
+  if at >= 1 then return at end
+  return nil
+end
+
+-- the range number holding seq, or nil and the number of the range it would go before
+local function range_of(r, seq)
+  local lo, hi = 1, #r / 2
+  while lo <= hi do
+    local mid = math.floor((lo + hi) / 2)
+    if seq < r[2 * mid - 1] then
+      hi = mid - 1
+    elseif seq > r[2 * mid] then
+      lo = mid + 1
+    else
+      return mid, nil
+    end
+  end
+  return nil, lo
+end
+
+-- 0: a new seq, 1: a duplicate, 2: stored with other content, 3: would need a range past MAX_RANGES
+local function classify(s, seq, print)
+  if s.ranges == nil then load_seqs(s) end
+  local r = s.ranges
+  local m = #r / 2
+  if seq > s.seq then
+    if m > 0 and r[2 * m] == seq - 1 then return 0 end
+    if m >= MAX_RANGES then return 3 end
+    return 0
+  end
+  local k, before = range_of(r, seq)
+  if k then
+    local at = print_pos(s, seq)
+    if at then
+      local stored = string.sub(s.prints, at, at + 3)
+      if stored ~= NO_PRINT and stored ~= print then return 2 end
+    end
+    return 1
+  end
+  local joins = (before > 1 and r[2 * before - 2] == seq - 1) or (before <= m and r[2 * before - 1] == seq + 1)
+  if not joins and m >= MAX_RANGES then return 3 end
+  return 0
+end
+
+-- seq (classified 0) is now stored
+local function record(s, seq, print)
+  local r = s.ranges
+  local m = #r / 2
+  s.changed = true
+  if seq > s.seq then
+    if m > 0 and r[2 * m] == seq - 1 then
+      r[2 * m] = seq
+    else
+      r[2 * m + 1], r[2 * m + 2] = seq, seq
+    end
+    local hole = seq - s.seq - 1
+    if hole >= WINDOW then
+      s.prints, s.pending, s.ptop = string.rep(NO_PRINT, WINDOW - 1), {print}, seq - 1
+    else
+      local pending = s.pending
+      for _ = 1, hole do pending[#pending + 1] = NO_PRINT end
+      pending[#pending + 1] = print
+      if #pending > 2 * WINDOW then materialize(s) end
+    end
+    s.seq = seq
+    return
+  end
+  local _, k = range_of(r, seq)
+  local left = k > 1 and r[2 * k - 2] == seq - 1
+  local right = k <= m and r[2 * k - 1] == seq + 1
+  if left and right then
+    r[2 * k - 2] = r[2 * k]
+    table.remove(r, 2 * k)
+    table.remove(r, 2 * k - 1)
+  elseif left then
+    r[2 * k - 2] = seq
+  elseif right then
+    r[2 * k - 1] = seq
+  else
+    table.insert(r, 2 * k - 1, seq)
+    table.insert(r, 2 * k - 1, seq)
+  end
+  local at = print_pos(s, seq)
+  if at then s.prints = string.sub(s.prints, 1, at - 1) .. print .. string.sub(s.prints, at + 4) end
+end
+
+local function save_seqs()
+  for _, s in ipairs(src_list) do
+    if s.changed then
+      materialize(s)
+      redis.call('HSET', seqs_key, s.name, cmsgpack.pack({s.ranges, s.prints}))
+    end
+  end
 end
 
 local function step_of(step)
@@ -223,12 +360,18 @@ local ids = {}
 local stored = 0
 local dups = 0
 local refused = 0
-for _, e in ipairs(batch) do
+local conflicts = {}
+for pos, e in ipairs(batch) do
   local seq, kind = e[4], e[5]
   local g = group_of(e[3], e[1], e[2])
   local s = g.src
-  if s and seq > 0 and seq <= s.seq then
+  local verdict = 0
+  if s and seq > 0 then verdict = classify(s, seq, e[8]) end
+  if verdict == 1 then
     dups = dups + 1
+  elseif verdict > 1 then
+    conflicts[#conflicts + 1] = pos
+    conflicts[#conflicts + 1] = verdict - 1
   elseif closed then
     refused = refused + 1
   else
@@ -253,7 +396,8 @@ for _, e in ipairs(batch) do
     if s then
       s.cnt = s.cnt + 1
       if seq > 0 then
-        s.seq, s.moved = seq, true
+        record(s, seq, e[8])
+        s.moved = true
       end
     end
     local w = g.w
@@ -270,8 +414,9 @@ end
 fold()
 
 if #ids == 0 then
-  return {dups, ids, refused}
+  return {dups, ids, refused, conflicts}
 end
+save_seqs()
 if maxlen > 0 then
   -- once per batch: trimming on every XADD costs more than the append itself
   redis.call('XTRIM', stream, 'MAXLEN', '~', maxlen)
@@ -290,10 +435,11 @@ end
 if ttl > 0 then
   redis.call('EXPIRE', stream, ttl)
   redis.call('EXPIRE', meta, ttl)
+  redis.call('EXPIRE', seqs_key, ttl)
 end
 redis.call('ZADD', index, now, job)
 if idle_ttl > 0 then
   -- index cleanup: a job idle for longer than the idle TTL has expired with it
   redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. (now - idle_ttl * 1000))
 end
-return {dups, ids, refused}
+return {dups, ids, refused, conflicts}

@@ -15,6 +15,10 @@ Why it is built this way:
   client that gets a 503 ``redis_unavailable`` (or loses the answer) **must retry the same request
   with the same src/seq**: the prefix already stored comes back as ``duplicates`` and the rest is
   written. Entries without src/seq carry no idempotency: retrying them may store them twice.
+* A seq is a duplicate only if it was stored, with the same content: a seq stored with other
+  content (another writer under the same src) is not stored and the answer is ``409
+  seq_conflict`` naming it, after the rest of the request was written (conflicts are per entry
+  and the same on every retry, so stopping at one would block the rest for good).
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from broker.delivery import write_async
 from broker.entry import Draft, check_name, kind_number, level_number, make_draft
 from broker.errors import InvalidEntry
 from broker.outbox import Batch
+from broker.script import SEQ_REUSED
 
 from ..errors import ApiError, bad_request, redis_failure
 from ..metrics import Metrics
@@ -224,33 +229,36 @@ def _ts_ms(ts: object) -> int | None:
     return ms
 
 
-def _batches(gw: Gateway, job: str, parsed: list[Parsed]) -> list[Batch]:
+def _batches(gw: Gateway, job: str, parsed: list[Parsed]) -> list[tuple[Batch, list[Parsed]]]:
     """Consecutive runs of at most ``_MAX_BATCH_ENTRIES`` items and ``DEFAULT_MAX_BATCH_BYTES`` (or one
-    bigger item); each carries the last job name and type given within it."""
+    bigger item), each with its entries; each carries the last job name and type given within it."""
     keys = gw.keyspace.job_keys(job)
-    batches: list[Batch] = []
+    batches: list[tuple[Batch, list[Parsed]]] = []
     size = 0
     for p in parsed:
         if (
             not batches
-            or len(batches[-1].items) >= _MAX_BATCH_ENTRIES
+            or len(batches[-1][1]) >= _MAX_BATCH_ENTRIES
             or size + len(p.item) > DEFAULT_MAX_BATCH_BYTES
         ):
-            batches.append(Batch(job, keys, [], None, None))
+            batches.append((Batch(job, keys, [], None, None), []))
             size = 0
-        batch = batches[-1]
+        batch, entries = batches[-1]
         batch.items.append(p.item)
+        entries.append(p)
         size += len(p.item)
         batch.job_name = p.draft.job_name or batch.job_name
         batch.job_type = p.draft.job_type or batch.job_type
     return batches
 
 
-async def _write(gw: Gateway, job: str, batches: list[Batch]) -> tuple[list[str], int]:
-    """Batches in order, one round trip each; the first failure ends the request."""
+async def _write(gw: Gateway, job: str, batches: list[tuple[Batch, list[Parsed]]]) -> tuple[list[str], int]:
+    """Batches in order, one round trip each; the first failure ends the request. Seq conflicts
+    are per entry and the same on every retry: the rest is stored, then they are answered 409."""
     ids: list[str] = []
     duplicates = 0
-    for batch in batches:
+    conflicts: list[tuple[Parsed, int]] = []
+    for batch, entries in batches:
         try:
             (outcome,) = await write_async(gw.writer, [batch], gw.settings.retention)
         except (redis.RedisError, OSError, TimeoutError) as e:
@@ -259,19 +267,42 @@ async def _write(gw: Gateway, job: str, batches: list[Batch]) -> tuple[list[str]
             raise _failure(job, outcome, len(ids), duplicates) from outcome
         ids.extend(outcome.ids)
         duplicates += outcome.duplicates
+        conflicts.extend((entries[at], reason) for at, reason in outcome.conflicts)
         gw.metrics.ingest_entries.labels(result="accepted").inc(len(outcome.ids))
         gw.metrics.ingest_entries.labels(result="duplicate").inc(outcome.duplicates)
+        gw.metrics.ingest_entries.labels(result="rejected").inc(outcome.refused + len(outcome.conflicts))
         if outcome.refused:
-            gw.metrics.ingest_entries.labels(result="rejected").inc(outcome.refused)
-            done = f"{len(ids)} entries of this request were stored and {duplicates} were duplicates"
-            message = f"job {job!r} has ended: {outcome.refused} entries after its end were refused; {done}"
-            raise ApiError(409, "job_ended", message)
+            message = f"job {job!r} has ended: {outcome.refused} entries after its end were refused; "
+            raise ApiError(409, "job_ended", message + _done(len(ids), duplicates, len(conflicts)))
+    if conflicts:
+        raise _conflict(job, conflicts, len(ids), duplicates)
     return ids, duplicates
 
 
-def _failure(job: str, e: BaseException, stored: int, duplicates: int) -> ApiError:
+def _done(stored: int, duplicates: int, conflicts: int = 0) -> str:
     done = f"{stored} entries of this request were stored and {duplicates} were duplicates"
-    failure = redis_failure(e, done, refused_code="write_failed")
+    return done + (f"; {conflicts} were seq conflicts" if conflicts else "")
+
+
+_SHOWN_CONFLICTS = 20
+
+
+def _conflict(job: str, conflicts: list[tuple[Parsed, int]], stored: int, duplicates: int) -> ApiError:
+    """409 naming the (src, seq) pairs refused, and why: a seq is never silently a duplicate."""
+    shown = ", ".join(f"{p.src}#{p.seq}" for p, _ in conflicts[:_SHOWN_CONFLICTS])
+    more = f" and {len(conflicts) - _SHOWN_CONFLICTS} more" if len(conflicts) > _SHOWN_CONFLICTS else ""
+    why = (
+        "they are already stored with other content (send new content under new seqs)"
+        if all(reason == SEQ_REUSED for _, reason in conflicts)
+        else "they are already stored with other content, or their src has too many holes in its seqs"
+    )
+    message = f"{len(conflicts)} entries of job {job!r} were not stored: seqs {shown}{more}: {why}; "
+    log.warning("ingest into %s: %s", job, message)
+    return ApiError(409, "seq_conflict", message + _done(stored, duplicates))
+
+
+def _failure(job: str, e: BaseException, stored: int, duplicates: int) -> ApiError:
+    failure = redis_failure(e, _done(stored, duplicates), refused_code="write_failed")
     if failure.status == 503:
         failure.message += " with the same src/seq"
     log.log(

@@ -57,7 +57,8 @@ ERRORS: dict[int, str] = {
     403: "`forbidden`: the token does not cover this scope or job",
     404: "`job_not_found`: the job never existed or has expired",
     409: "`job_ended`: the job has an end entry, and nothing is stored after it (what the request "
-    "stored before that point is said in the message)",
+    "stored before that point is said in the message); or `seq_conflict`: src/seq pairs already "
+    "stored with other content were not stored (the rest was; the message names them)",
     413: "`body_too_large` (the body is over the size limit) or `too_many_entries`",
     415: "`unsupported_media_type`: the body must be application/json or application/x-ndjson, UTF-8",
     503: "`redis_unavailable` (Redis is not reachable) or `too_many_clients` (the gateway is at its "

@@ -159,14 +159,15 @@ def test_job_keys_share_one_hash_tag(job: str, partitions: int) -> None:
     ks = Keyspace("logbroker", partitions)
     p = zlib.crc32(job.encode()) % partitions
     assert ks.partition(job) == p
-    stream, meta, index = ks.job_keys(job)
+    stream, meta, index, seqs = ks.job_keys(job)
     assert stream == f"logbroker:{{p{p}}}:job:{job}:log"
+    assert seqs == f"logbroker:{{p{p}}}:job:{job}:seqs"
     assert meta == f"logbroker:{{p{p}}}:job:{job}:meta"
     assert index == f"logbroker:{{p{p}}}:jobs" == ks.index(p)
     assert ks.stream(job) == stream
     assert ks.meta(job) == meta
-    # One Redis Cluster slot for all three keys.
-    assert len({key_slot(k.encode()) for k in (stream, meta, index)}) == 1
+    # One Redis Cluster slot for all four keys.
+    assert len({key_slot(k.encode()) for k in (stream, meta, index, seqs)}) == 1
 
 
 def test_jobs_spread_over_partitions() -> None:

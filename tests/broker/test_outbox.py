@@ -8,7 +8,7 @@ from typing import Any, NamedTuple, cast
 import msgpack
 import pytest
 
-from broker.codec import unpack_body
+from broker.codec import content_fingerprint, unpack_body
 from broker.config import PublisherConfig
 from broker.constants import KIND_END, KIND_LOG, KIND_STATUS, LEVELS
 from broker.errors import InvalidEntry
@@ -39,7 +39,8 @@ class Item(NamedTuple):
 
 def item(raw: bytes) -> Item:
     """A packed control tuple: strings are msgpack raw (for Lua's cmsgpack), the body is bytes."""
-    step, worker, src, seq, kind, status, body = msgpack.unpackb(raw, raw=True)
+    step, worker, src, seq, kind, status, body, print_ = msgpack.unpackb(raw, raw=True)
+    assert print_ == content_fingerprint(body)
     return Item(step.decode(), worker.decode(), src.decode(), seq, kind, status.decode(), unpack_body(body))
 
 

@@ -32,8 +32,8 @@ async def post(api: TestClient[Any, Any], job: str, entries: Any, status: int = 
 
 def nothing_stored(client: redis.Redis, job: str) -> bool:
     ks = Keyspace()
-    stream, meta, index = ks.job_keys(job)
-    return client.exists(stream, meta) == 0 and client.zscore(index, job) is None
+    stream, meta, index, seqs = ks.job_keys(job)
+    return client.exists(stream, meta, seqs) == 0 and client.zscore(index, job) is None
 
 
 async def metric(api: Client, name: str, label: str) -> float:

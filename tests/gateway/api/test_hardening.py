@@ -313,3 +313,36 @@ async def test_nothing_is_stored_after_a_jobs_end(
         pub.job("fin").info("from a publisher")
         report = pub.flush()
     assert report.rejected == 1 and report.delivered == 0 and not report.ok
+
+
+async def test_ingesting_lower_seqs_after_higher_ones_stores_them(api: Client) -> None:
+    """Seqs 1001-2000 then 1-1000 of one src answered ``accepted 0, duplicates 1000`` and stored
+    nothing: a seq that was never stored is not a duplicate."""
+
+    def entries(seqs: range) -> list[dict[str, object]]:
+        return [{"msg": f"item {s}", "src": "importer", "seq": s} for s in seqs]
+
+    high = await api.post("/v1/jobs/low-seqs/logs", json=entries(range(1001, 2001)))
+    low = await api.post("/v1/jobs/low-seqs/logs", json=entries(range(1, 1001)))
+    assert (await high.json())["accepted"] == 1000
+    assert {k: v for k, v in (await low.json()).items() if k != "ids"} == {"accepted": 1000, "duplicates": 0}
+    again = await (await api.post("/v1/jobs/low-seqs/logs", json=entries(range(1, 2001)))).json()
+    assert (again["accepted"], again["duplicates"]) == (0, 2000)
+    meta = await (await api.get("/v1/jobs/low-seqs")).json()
+    assert meta["entries"] == 2000 and meta["publishers"]["importer"] == {"entries": 2000, "last_seq": 2000}
+
+
+async def test_a_seq_stored_with_other_content_is_a_409_naming_it(api: Client) -> None:
+    """The same seq with other content was counted as a duplicate (and dropped). A retry of the
+    same entries, whose time the gateway fills in, still is one."""
+    first = [{"msg": f"a{s}", "src": "s", "seq": s} for s in (1, 2, 3)]
+    assert (await api.post("/v1/jobs/reused/logs", json=first)).status == 200
+    retry = await api.post("/v1/jobs/reused/logs", json=first)
+    assert (await retry.json())["duplicates"] == 3
+    mixed = [{"msg": m, "src": "s", "seq": seq} for m, seq in (("a2", 2), ("other", 3), ("a4", 4))]
+    error = await error_of(await api.post("/v1/jobs/reused/logs", json=mixed), 409)
+    assert error["code"] == "seq_conflict"
+    assert "s#3" in error["message"] and "other content" in error["message"]
+    assert "1 entries of this request were stored and 1 were duplicates" in error["message"]
+    page = await (await api.get("/v1/jobs/reused/logs")).json()
+    assert [e["msg"] for e in page["entries"]] == ["a1", "a2", "a3", "a4"]
