@@ -36,6 +36,11 @@ class Metrics:
         self.reaped = Counter(
             "logbroker_sse_reaped_total", "Clients closed because a write timed out", registry=r
         )
+        self.resets = Counter(
+            "logbroker_sse_resets_total",
+            "Reset events sent: a client's cursor named entries the store no longer has (data lost)",
+            registry=r,
+        )
         self.dropped = Counter(
             "logbroker_dropped_entries_total",
             "Entries dropped by the gateway: must stay 0 (never a full buffer)",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import cast
 
 from broker.constants import META_FIRST_ID
@@ -36,22 +37,52 @@ async def last_id(client: AnyRedis, key: str) -> StreamId:
     return from_redis(newest[0][0]) if newest else ZERO
 
 
-async def trimmed_since(client: AnyRedis, keyspace: Keyspace, job: str, cursor: StreamId) -> StreamId | None:
-    """The first available entry when entries after ``cursor`` were trimmed away, else ``None``.
+async def last_and_first_id(
+    client: AnyRedis, stream_key: str, meta_key: str
+) -> tuple[StreamId, StreamId | None]:
+    """The newest entry's id (``ZERO`` for none) and the job's first entry ever (``None`` for no
+    job), in one round trip: where a ring starts, and which incarnation of the job it holds."""
+    pipe = client.pipeline(transaction=False)
+    pipe.xrevrange(stream_key, count=1)
+    pipe.hget(meta_key, META_FIRST_ID)
+    newest, raw_first = cast(tuple[list[RawEntry], bytes | None], await pipe.execute())
+    return (from_redis(newest[0][0]) if newest else ZERO), (from_redis(raw_first) if raw_first else None)
 
-    Something was trimmed when the job's first entry ever (kept in its meta) is older than the
-    oldest entry still in the stream; the client missed some when its cursor is older too.
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a client's cursor stands against what is stored (docs/design.md §5, gap and reset)."""
+
+    trimmed_to: StreamId | None  # retention removed entries after the cursor: the first available
+    lost: bool  # the cursor is older than the job's first entry ever: the data it came from is gone
+    first_ever: StreamId | None  # the job's first entry (meta), None when the job does not exist
+
+
+def cursor_lost(cursor: StreamId, first_ever: StreamId | None) -> bool:
+    """A cursor before the job's first entry ever names an entry this job never had: its data was
+    lost (Redis restarted empty, or the job expired) and the job was written again. A legitimate
+    cursor is an entry's id, or just before one; ``0-<n>`` (no entry has time 0) is a start."""
+    return first_ever is not None and cursor[0] > 0 and cursor < predecessor(first_ever)
+
+
+async def standing(client: AnyRedis, keyspace: Keyspace, job: str, cursor: StreamId) -> Standing:
+    """One round trip (the stream's oldest entry and the meta's first id share the job's slot).
+
+    Something was trimmed when the job's first entry ever is older than the oldest entry still in
+    the stream; the client missed some when its cursor is older too. A lost cursor is answered
+    from the job's start, so its gap is measured from there.
     """
     key, meta_key = keyspace.job_keys(job)[:2]
-    pipe = client.pipeline(transaction=False)  # one round trip: both keys share the job's slot
+    pipe = client.pipeline(transaction=False)
     pipe.xrange(key, count=1)
     pipe.hget(meta_key, META_FIRST_ID)
-    oldest, first_ever = cast(tuple[list[RawEntry], bytes | None], await pipe.execute())
-    if not oldest:
-        return None
+    oldest, raw_first = cast(tuple[list[RawEntry], bytes | None], await pipe.execute())
+    first_ever = from_redis(raw_first) if raw_first is not None else None
+    lost = cursor_lost(cursor, first_ever)
+    start = ZERO if lost else cursor
+    if not oldest or first_ever is None:
+        return Standing(None, lost, first_ever)
     first_retained = from_redis(oldest[0][0])
-    if cursor >= predecessor(first_retained):  # where a gap event leaves a client: nothing missed
-        return None
-    if first_ever is None or from_redis(first_ever) >= first_retained:
-        return None
-    return first_retained
+    if start >= predecessor(first_retained) or first_ever >= first_retained:
+        return Standing(None, lost, first_ever)  # a gap event leaves a client just before it
+    return Standing(first_retained, lost, first_ever)

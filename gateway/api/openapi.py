@@ -183,7 +183,18 @@ def _schemas(settings: GatewaySettings) -> dict[str, Schema]:
             }
         ),
         "ReplayPage": _obj(
-            {"entries": _array(_ref("Entry")), "next": _nullable(ENTRY_ID), "gap": _nullable(_ref("Gap"))}
+            {
+                "entries": _array(_ref("Entry")),
+                "next": _nullable(ENTRY_ID),
+                "gap": _nullable(_ref("Gap")),
+                "reset": _nullable(_ref("Reset")),
+            }
+        ),
+        "Reset": _obj(
+            {"after": ENTRY_ID, "first_available": _nullable(ENTRY_ID), "reason": {"const": "data_lost"}},
+            description="`after` names an entry older than the job's first one: the data it came from was "
+            "lost (Redis restarted without it, or the job expired and was written again); the answer "
+            "holds the job from its start, and a client drops what it held",
         ),
         "Gap": _obj(
             {"after": ENTRY_ID, "first_available": ENTRY_ID, "reason": {"const": "trimmed"}},

@@ -35,10 +35,11 @@ from broker.errors import CodecError
 from ..errors import bad_request, not_found
 from ..ids import MAX_ID, ZERO, StreamId, format_id, parse_id
 from ..live.filter import Filter
+from ..live.frames import reset_data
 from ..live.items import Item
 from ..redis_clients import AnyRedis
 from ..settings import GatewaySettings
-from ..storage import MAX_SCAN_PAGES, RawEntry, trimmed_since, xrange, xrevrange
+from ..storage import MAX_SCAN_PAGES, RawEntry, standing, xrange, xrevrange
 from .params import filter_of, int_param, job_of
 from .state import GATEWAY, Gateway
 
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _WRITE_BYTES = 1024 * 1024  # an NDJSON download writes at most about this much at once
 GAP_HEADER = "Logbroker-Gap"  # an ascending NDJSON download that starts in a trimmed range
+RESET_HEADER = "Logbroker-Reset"  # a download whose ``after`` names lost data
 _UNSAFE_FILENAME_RE = re.compile(r"[^A-Za-z0-9._:-]")
 
 
@@ -86,30 +88,43 @@ async def get_logs(request: web.Request) -> web.StreamResponse:
         raise not_found(job)
     start = after or ZERO
     if ndjson:
-        # a whole range: the gap (if any) is known before the first line, so it goes in a header
-        gap = await _gap(gw, job, start, False, None) if not rng.empty and not rng.desc else None
-        return await _download(gw, request, job, flt, rng, limit, gap)
+        # a whole range: the gap and reset (if any) are known before the first line: headers
+        gap, reset = await _signals(gw, job, start, not rng.empty and not rng.desc)
+        return await _download(gw, request, job, flt, rng, limit, gap, reset)
     entries, next_id = await _page(gw, job, flt, rng, limit or gw.settings.replay_default_limit)
-    gap = await _gap(gw, job, start, rng.desc, next_id) if not rng.empty else None
+    # a descending page says the gap once it reaches the oldest entry kept; later pages of an
+    # ascending range start after the gap
+    gap, reset = await _signals(gw, job, start, not rng.empty and (not rng.desc or next_id is None))
     body = (
         '{"entries":[' + ",".join(entries) + '],"next":' + json.dumps(next_id)
-        + ',"gap":' + json.dumps(gap) + "}"
+        + ',"gap":' + json.dumps(gap) + ',"reset":' + json.dumps(reset) + "}"
     )  # fmt: skip
     return web.Response(text=body, content_type="application/json")
 
 
-async def _gap(
-    gw: Gateway, job: str, start: StreamId, desc: bool, next_id: str | None
-) -> dict[str, str] | None:
-    """The ``gap`` object (as the stream's ``gap`` event) when retention trimmed entries between
-    the start of the requested range and what this page holds: an ascending page from ``after``,
-    or a descending one that reached the oldest entry still stored."""
-    if desc and next_id is not None:
-        return None  # the range's start is not reached yet: a later page says
-    first_available = await trimmed_since(gw.redis, gw.keyspace, job, start)
-    if first_available is None:
-        return None
-    return {"after": format_id(start), "first_available": format_id(first_available), "reason": "trimmed"}
+Signal = dict[str, str | None]
+
+
+async def _signals(
+    gw: Gateway, job: str, start: StreamId, gap_due: bool
+) -> tuple[Signal | None, Signal | None]:
+    """The ``gap`` and ``reset`` objects (as the stream's events). ``gap`` (when ``gap_due``):
+    retention trimmed entries between the start of the requested range and what this page holds.
+    ``reset``: ``after`` names an entry older than the job's first one: the data it came from is
+    lost, and the answer holds the job's entries from its (new) start."""
+    if not gap_due and start == ZERO:
+        return None, None
+    where = await standing(gw.redis, gw.keyspace, job, start)
+    reset = reset_data(start, where.first_ever) if where.lost else None
+    if not gap_due or where.trimmed_to is None:
+        return None, reset
+    gap_from = ZERO if where.lost else start
+    gap: Signal = {
+        "after": format_id(gap_from),
+        "first_available": format_id(where.trimmed_to),
+        "reason": "trimmed",
+    }
+    return gap, reset
 
 
 def _range_of(query: Mapping[str, str]) -> _Range:
@@ -200,11 +215,13 @@ async def _download(
     flt: Filter,
     rng: _Range,
     limit: int | None,
-    gap: dict[str, str] | None,
+    gap: Signal | None,
+    reset: Signal | None,
 ) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Disposition": _disposition(job, flt.step)})
-    if gap is not None:
-        resp.headers[GAP_HEADER] = ", ".join(f"{k}={v}" for k, v in gap.items())
+    for header, signal in ((GAP_HEADER, gap), (RESET_HEADER, reset)):
+        if signal is not None:
+            resp.headers[header] = ", ".join(f"{k}={v or 'none'}" for k, v in signal.items())
     resp.content_type = NDJSON
     resp.charset = "utf-8"
     await resp.prepare(request)

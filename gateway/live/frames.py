@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from broker.constants import KIND_END
 
-from ..ids import StreamId, format_id, predecessor
+from ..ids import ZERO, StreamId, format_id, predecessor
 from . import sse
 from .filter import Filter
 from .items import FRAME, KIND, SID, Item
@@ -97,6 +97,19 @@ class Batch(Shared):
             blob, items[-1][SID], items[-1][KIND] == KIND_END, sum(1 for i in items if i[KIND] >= 0)
         )
         self.after = after  # the cursor a client must be at for this batch to follow on
+
+
+def reset_data(after: StreamId, first_ever: StreamId | None) -> dict[str, str | None]:
+    """What the ``reset`` event says (and replay's ``reset`` object): the client's cursor, the
+    job's first entry now (``None`` while it has none), and why."""
+    first = format_id(first_ever) if first_ever is not None else None
+    return {"after": format_id(after), "first_available": first, "reason": "data_lost"}
+
+
+def reset_frame(after: StreamId, first_ever: StreamId | None) -> bytes:
+    """The ``reset`` event: the entries the client holds are gone from the store and the job starts
+    over (line numbers from 1). Its ``id: 0-0`` makes a reconnect start from the job's beginning."""
+    return sse.event(format_id(ZERO), json.dumps(reset_data(after, first_ever)), "reset")
 
 
 def gap_frame(after: StreamId, first_available: StreamId) -> tuple[bytes, StreamId]:

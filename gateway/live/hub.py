@@ -26,7 +26,7 @@ from ..ids import StreamId
 from ..metrics import Metrics
 from ..redis_clients import AnyRedis, Connector
 from ..settings import GatewaySettings
-from ..storage import last_id
+from ..storage import last_and_first_id
 from .filter import Filter
 from .reader import PartitionReader
 from .ring import Ring
@@ -131,10 +131,12 @@ class Hub:
         async with lock:
             ring = self._rings.get(job)
             if ring is None:
-                key = self.keyspace.stream(job)
+                key, meta_key = self.keyspace.job_keys(job)[:2]
                 s = self.settings
-                start = await last_id(self.redis, key)
-                ring = Ring(job, key, start, s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes)
+                start, first_id = await last_and_first_id(self.redis, key, meta_key)
+                ring = Ring(
+                    job, key, start, s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes, first_id, meta_key
+                )
                 self._rings[job] = ring
                 self._reader(self.keyspace.partition(job)).add(ring)
         self._creating.pop(job, None)

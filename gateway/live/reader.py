@@ -19,9 +19,10 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from broker.constants import META_FIRST_ID
 from broker.delivery import Backoff, call_async
 
-from ..ids import format_id
+from ..ids import format_id, from_redis
 from ..metrics import Metrics
 from ..settings import GatewaySettings
 from .ring import Ring
@@ -107,6 +108,8 @@ class PartitionReader:
                 await self._wake.wait()
                 continue
             try:
+                if backoff.failures:
+                    await self._check_incarnations()
                 read = await self._read_once()
                 backoff.reset()
                 self.healthy = True
@@ -123,6 +126,27 @@ class PartitionReader:
                 if backoff.failures in (1, 10) or backoff.failures % 100 == 0:
                     log.warning("reader p%d: %s; retrying in %.2fs", self.partition, e, delay)
                 await asyncio.sleep(delay)
+
+    async def _check_incarnations(self) -> None:
+        """After a read error, before reading again: a Redis that came back may have come back
+        without its data, and the entries written since would carry on from the rings' cursors
+        with their line numbers starting over. A job whose first entry ever (its meta) is not the
+        one a ring holds is a new incarnation: the ring is reset and its clients are told."""
+        client = await self._connection()
+        rings = list(self.rings.values())
+        pipe = client.pipeline(transaction=False)  # one slot: a partition's keys share its hash tag
+        for ring in rings:
+            pipe.hget(ring.meta_key, META_FIRST_ID)
+        for ring, raw in zip(rings, await pipe.execute(), strict=True):
+            first = from_redis(raw) if raw is not None else None
+            if ring.first_id is None:
+                continue  # the ring has no entry yet: its first append says which incarnation it is
+            if first != ring.first_id:
+                log.warning(
+                    "reader p%d: job %s has lost its data (first entry %s, now %s): its clients are reset",
+                    self.partition, ring.job, format_id(ring.first_id), format_id(first) if first else "none",
+                )  # fmt: skip
+                ring.reset(first)
 
     async def _read_once(self) -> int:
         """One XREAD over the partition's streams; returns the largest number of entries any one

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from broker.constants import KIND_END
 
-from ..ids import StreamId
+from ..ids import ZERO, StreamId
 from .frames import Batch, Shared, unfiltered
 from .items import FRAME, KIND, SID, Item, make_item
 from .pages import Pages
@@ -47,11 +47,18 @@ class Ring:
         max_entries: int,
         max_bytes: int,
         push_max_bytes: int = 32 * 1024,
+        first_id: StreamId | None = None,
+        meta_key: str = "",
     ) -> None:
         self.job = job
         self.key = key
+        self.meta_key = meta_key  # where the reader checks ``first_id`` after a Redis outage
         self.base = start
         self.last = start
+        # The job's first entry ever: which incarnation of the job the ring holds. ``None`` while
+        # the job has no entry; set by the first append then. ``generation`` counts resets.
+        self.first_id = first_id
+        self.generation = 0
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.push_max_bytes = push_max_bytes  # larger appends go through each subscriber's own writes
@@ -92,6 +99,8 @@ class Ring:
             self.last = item[SID]
         added = len(self._items) - start
         if added:
+            if self.first_id is None and before == ZERO:
+                self.first_id = self._items[start][SID]  # the ring has watched the job from its start
             self._shared.clear()
             self._bytes += size
             pushable = self._pushable(start, size)
@@ -104,6 +113,20 @@ class Ring:
                     listener.wake()
             self._trim()
         return added
+
+    def reset(self, first_id: StreamId | None) -> None:
+        """The job's stored data is not what the ring holds any more (Redis came back without it,
+        or the job was written again after it expired): drop everything, read the job again from
+        its start, and wake every listener, who tells its client with a ``reset`` event."""
+        self._items, self._sids, self._head, self._bytes = [], [], 0, 0
+        self._shared.clear()
+        self.pages = Pages(self.pages.max_bytes)
+        self.base = self.last = ZERO
+        self.first_id = first_id
+        self.generation += 1
+        for listener in list(self._listeners):
+            listener.parked = False
+            listener.wake()
 
     def _pushable(self, start: int, size: int) -> bool:
         """Small enough to push, and ending nowhere but at its last item (frames after an end

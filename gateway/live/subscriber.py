@@ -19,14 +19,14 @@ from aiohttp import web
 from broker.keys import Keyspace
 
 from ..errors import ClientGone
-from ..ids import StreamId, format_id
+from ..ids import ZERO, StreamId, format_id
 from ..metrics import Metrics
 from ..redis_clients import AnyRedis
 from ..settings import GatewaySettings
-from ..storage import trimmed_since, xrange
+from ..storage import cursor_lost, standing, xrange
 from . import sse
 from .filter import Filter
-from .frames import Batch, Frames, Shared, frames, gap_frame
+from .frames import Batch, Frames, Shared, frames, gap_frame, reset_frame
 from .items import Item, after, make_item
 from .ring import Ring
 from .sse_response import SSEResponse
@@ -70,6 +70,7 @@ class Subscriber:
         self._backlog: list[Item] = []  # the rest of a page read from Redis, not yet sent
         self._ended = False  # the end event went out in a push
         self._queued_at_most = 0  # the kernel send queue at the last look plus what was written since
+        self._generation = ring.generation  # the ring's resets this client has been told of
 
     def start_with(self, items: list[Item]) -> None:
         """The entries of a ``tail=N`` start, sent first, a write at a time like a page from
@@ -84,9 +85,11 @@ class Subscriber:
         try:
             await self.write(sse.retry(self._settings.retry_ms), None)
             if not tail_start:
-                first_available = await trimmed_since(self._redis, self._keyspace, self.ring.job, self.cursor)
-                if first_available is not None:
-                    frame, self.cursor = gap_frame(self.cursor, first_available)
+                where = await standing(self._redis, self._keyspace, self.ring.job, self.cursor)
+                if where.lost:
+                    await self._reset(where.first_ever)
+                if where.trimmed_to is not None:
+                    frame, self.cursor = gap_frame(self.cursor, where.trimmed_to)
                     await self.write(frame, None)
             await self.run()
         except ClientGone:
@@ -144,6 +147,8 @@ class Subscriber:
             while not self._stopped and not self._ended:
                 self._wake.clear()  # before looking: an append after this wakes us
                 await self._settle(0, None)  # what a push left in the transport drains first
+                if self._lost():
+                    await self._reset(self.ring.first_id)
                 due = await self._due()
                 if due is None:
                     await self._idle()
@@ -158,6 +163,25 @@ class Subscriber:
             self.parked = False
             self.ring.unlisten(self)
             self.report()
+
+    def _lost(self) -> bool:
+        """The ring holds another incarnation of the job than the client's cursor came from: the
+        ring was reset (Redis came back without the job's data), or the job's first entry, known
+        only once it arrives, is newer than the cursor (docs/design.md §5, ``reset``)."""
+        ring = self.ring
+        first = ring.first_id
+        if ring.generation != self._generation:
+            self._generation = ring.generation
+            if first is None:
+                return self.cursor != ZERO  # the job is gone: what the client holds is lost now
+        return cursor_lost(self.cursor, first)
+
+    async def _reset(self, first_ever: StreamId | None) -> None:
+        """Tell the client to drop what it holds of the job; go on from the job's start."""
+        log.warning("SSE client of %s: cursor %s names lost data; sending reset", self.ring.job, self.cursor)
+        self._metrics.resets.inc()
+        self._backlog = []
+        await self.write(reset_frame(self.cursor, first_ever), ZERO)
 
     async def _put_due(self, due: Frames | Shared) -> int:
         """Bytes shared with other clients go to the transport as they are, already framed;
@@ -246,7 +270,7 @@ class Subscriber:
             raw = await xrange(
                 self._redis, ring.key, "(" + format_id(self.cursor), count=self._settings.page_entries
             )
-            first_available = await trimmed_since(self._redis, self._keyspace, ring.job, self.cursor)
+            first_available = (await standing(self._redis, self._keyspace, ring.job, self.cursor)).trimmed_to
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             # Redis away: keep the client (heartbeats continue while idle) and try again later
             log.info("paging %s from Redis failed (%s); the client waits", ring.job, type(e).__name__)

@@ -230,6 +230,12 @@ class JobView {
       es.close();
       setConn("ended");
     });
+    es.addEventListener("reset", () => {
+      // the job's stored data was lost and it starts over: what this page shows is gone
+      this.close();
+      view = new JobView(this.job);
+      view.notice.textContent = "this job's stored entries were lost (Redis came back without them): showing it again from its start";
+    });
     es.addEventListener("gap", (ev) => {
       const gap = JSON.parse(ev.data);
       this.notice.textContent = `entries before ${gap.first_available} were removed by retention`;

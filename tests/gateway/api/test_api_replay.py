@@ -31,7 +31,8 @@ async def walk(api: Client, job: str, query: str, order: str = "asc") -> tuple[l
         resp = await api.get(url)
         assert resp.status == 200, await resp.text()
         body = await resp.json()
-        assert set(body) == {"entries", "next", "gap"} and body["gap"] is None, "nothing was trimmed"
+        assert set(body) == {"entries", "next", "gap", "reset"} and body["gap"] is None, "nothing was trimmed"
+        assert body["reset"] is None
         got.extend(body["entries"])
         cursor = body["next"]
         if cursor is None:
@@ -119,12 +120,12 @@ async def test_after_and_before_bound_the_range_exclusively(redis_server: RedisS
     ).json()
     assert ids(body["entries"]) == every[9:5:-1] and body["next"] == every[6]
     body = await (await api.get(f"/v1/jobs/j/logs?after={every[-1]}")).json()
-    assert body == {"entries": [], "next": None, "gap": None}
+    assert body == {"entries": [], "next": None, "gap": None, "reset": None}
     # the extreme ids are valid cursors, not a Redis error
     for query in ("after=18446744073709551615-18446744073709551615", "before=0-0", "before=0"):
         resp = await api.get(f"/v1/jobs/j/logs?{query}")
         assert resp.status == 200, query
-        assert await resp.json() == {"entries": [], "next": None, "gap": None}
+        assert await resp.json() == {"entries": [], "next": None, "gap": None, "reset": None}
 
 
 async def test_filters_over_pages_return_every_match_once(
