@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from ..redis_clients import AnyRedis, Connector
 from ..settings import GatewaySettings
 from ..storage import last_id
+from .budget import PageBudget
 from .filter import Filter
 from .reader import PartitionReader
 from .ring import Ring
@@ -134,7 +135,8 @@ class Hub:
                 key = self.keyspace.stream(job)
                 s = self.settings
                 start = await last_id(self.redis, key)
-                ring = Ring(job, key, start, s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes)
+                page = PageBudget(s.page_max_bytes, s.page_entries)
+                ring = Ring(job, key, start, s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes, page=page)
                 self._rings[job] = ring
                 self._reader(self.keyspace.partition(job)).add(ring)
         self._creating.pop(job, None)

@@ -17,6 +17,7 @@ from typing import Protocol
 from broker.constants import KIND_END
 
 from ..ids import StreamId
+from .budget import PageBudget
 from .frames import Batch, Shared, unfiltered
 from .items import FRAME, KIND, SID, Item, make_item
 from .pages import Pages
@@ -47,6 +48,8 @@ class Ring:
         max_entries: int,
         max_bytes: int,
         push_max_bytes: int = 32 * 1024,
+        *,
+        page: PageBudget,
     ) -> None:
         self.job = job
         self.key = key
@@ -62,7 +65,7 @@ class Ring:
         self._bytes = 0
         self._listeners: set[Listener] = set()
         self._shared: dict[tuple[StreamId, int], Shared] = {}  # see ``frames_after``
-        self.pages = Pages(max_bytes // 2)  # history for lagging clients: half the ring's budget
+        self.pages = Pages(max_bytes // 2, page)  # history for lagging clients: half the ring's budget
 
     def __len__(self) -> int:
         return len(self._items) - self._head
