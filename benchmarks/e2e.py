@@ -70,7 +70,7 @@ GOAL_RSS_KIB = 256 * 1024
 GOAL_FACTOR = 5.0
 REPORTED_SETTINGS = (
     "partitions", "write_chunk_bytes", "write_buffer_bytes", "ring_entries", "ring_bytes",
-    "page_entries", "read_count", "write_timeout_s", "read_linger_ms", "event_loop",
+    "page_entries", "page_max_bytes", "read_count", "write_timeout_s", "read_linger_ms", "event_loop",
 )  # fmt: skip
 GATEWAY_COUNTERS = {  # Prometheus name -> JSON key (gateway/metrics.py)
     "logbroker_entries_read_total": "entries_read",

@@ -76,8 +76,8 @@ GOAL_KIB_PER_SLOW_CLIENT = 64.0
 SLOW_GATEWAY = {"write_timeout_s": 600}  # stalled clients must not be reaped while we measure them
 REPORTED_SETTINGS = (
     "partitions", "heartbeat_s", "write_timeout_s", "write_chunk_bytes", "write_buffer_bytes",
-    "max_clients", "ring_entries", "ring_bytes", "page_entries", "read_block_ms", "read_count",
-    "read_linger_ms", "event_loop",
+    "max_clients", "ring_entries", "ring_bytes", "page_entries", "page_max_bytes", "read_block_ms",
+    "read_count", "read_linger_ms", "event_loop",
 )  # fmt: skip
 
 

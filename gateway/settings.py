@@ -77,6 +77,8 @@ class GatewaySettings(BaseSettings):
     ring_entries: int = Field(10_000, ge=1)
     ring_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     page_entries: int = Field(500, ge=1, le=10_000)
+    # ... and a page's bytes: it ends with the entry that reaches this much (gateway/live/budget.py)
+    page_max_bytes: int = Field(1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
     read_block_ms: int = Field(5000, ge=10, le=60_000)
     read_count: int = Field(1000, ge=1, le=100_000)
     # after a read that caught up, wait this long before the next: each wake-up of the readers

@@ -12,9 +12,10 @@ from aiohttp import web
 from broker.constants import META_END_ID
 
 from ..ids import ZERO, StreamId, from_redis, parse_id
+from ..live.budget import PageBudget
 from ..live.filter import Filter
 from ..live.items import Item
-from ..live.start import newest_matching
+from ..live.start import tail_start
 from ..storage import last_id
 from .params import filter_of, int_param, job_of
 from .state import GATEWAY, Gateway
@@ -29,10 +30,8 @@ async def stream_job(request: web.Request) -> web.StreamResponse:
     if end_id is not None and cursor >= from_redis(end_id) and not initial:
         return web.Response(status=204)
     async with gw.hub.subscribe(job, flt, cursor) as sub:
-        tail_start = bool(initial)
         sub.start_with(initial)
-        del initial  # the subscriber lets each part go once sent: nothing here may keep it alive
-        return await sub.serve(request, tail_start)
+        return await sub.serve(request)
 
 
 async def _start(gw: Gateway, request: web.Request, job: str, flt: Filter) -> tuple[StreamId, list[Item]]:
@@ -48,7 +47,8 @@ async def _start(gw: Gateway, request: web.Request, job: str, flt: Filter) -> tu
         return parse_id(after, "after"), []
     if "tail" in request.query:
         n = int_param(request.query, "tail", 0, 0, gw.settings.replay_max_limit)
-        return await newest_matching(gw.redis, job, key, flt, n, gw.settings.page_entries)
+        s = gw.settings
+        return await tail_start(gw.redis, job, key, flt, n, PageBudget(s.page_max_bytes, s.page_entries))
     return ZERO, []
 
 

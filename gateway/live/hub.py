@@ -27,6 +27,7 @@ from ..metrics import Metrics
 from ..redis_clients import AnyRedis, Connector
 from ..settings import GatewaySettings
 from ..storage import last_and_first_id
+from .budget import PageBudget
 from .filter import Filter
 from .reader import PartitionReader
 from .ring import Ring
@@ -134,9 +135,11 @@ class Hub:
                 key, meta_key = self.keyspace.job_keys(job)[:2]
                 s = self.settings
                 start, first_id = await last_and_first_id(self.redis, key, meta_key)
+                page = PageBudget(s.page_max_bytes, s.page_entries)
                 ring = Ring(
-                    job, key, start, s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes, first_id, meta_key
-                )
+                    job, key, start, s.ring_entries, s.ring_bytes, 2 * s.write_chunk_bytes,
+                    page=page, first_id=first_id, meta_key=meta_key,
+                )  # fmt: skip
                 self._rings[job] = ring
                 self._reader(self.keyspace.partition(job)).add(ring)
         self._creating.pop(job, None)

@@ -42,6 +42,18 @@ def make_item(job: str, raw_id: bytes | str, fields: Mapping[bytes, bytes]) -> I
     return item_of(entry, sid)
 
 
+def bare_item(job: str, raw_id: bytes, fields: Mapping[bytes, bytes]) -> Item:
+    """What a filter reads of a stored entry, without its frame: a scan that only looks for where
+    to start need not encode what it looks at."""
+    entry_id = raw_id.decode()
+    sid = from_redis(entry_id)
+    try:
+        entry = decode_entry(job, entry_id, fields)
+    except CodecError:
+        return (sid, b"", None, None, 0, KIND_CORRUPT)  # the page that sends it logs it
+    return (sid, b"", entry["step"], entry["worker"], LEVELS[entry["level"]], KINDS[entry["kind"]])
+
+
 def item_of(entry: Entry, sid: StreamId) -> Item:
     kind = KINDS[entry["kind"]]
     frame = sse.event_bytes(entry["id"], entry_json_bytes(entry), "end" if kind == KIND_END else None)

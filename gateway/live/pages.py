@@ -2,7 +2,9 @@
 
 They tend to cover the same ranges, and decoding and encoding a paged entry costs far more than
 sending it. A page read after cursor ``after`` holds every entry up to its last one, so it serves
-any cursor in between. Bounded in bytes; the oldest page goes first.
+any cursor in between. The kept pages are bounded in bytes (the oldest page goes first, and a
+page larger than the whole bound is not kept); each page is bounded by the job's ``budget``
+(``gateway.live.budget``), which also sizes the reads.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from bisect import bisect_right
 from collections import deque
 
 from ..ids import StreamId
+from .budget import PageBudget
 from .items import FRAME, SID, Item, sid_of
 
 
 class Pages:
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, budget: PageBudget) -> None:
         self.max_bytes = max_bytes
+        self.budget = budget
         self._pages: deque[tuple[StreamId, list[Item], int]] = deque()
         self._bytes = 0
         self._reading: dict[StreamId, asyncio.Event] = {}  # reads in flight, by their cursor
@@ -54,5 +58,5 @@ class Pages:
         size = sum(len(i[FRAME]) for i in items)
         self._pages.append((after, items, size))
         self._bytes += size
-        while self._bytes > self.max_bytes and len(self._pages) > 1:
+        while self._bytes > self.max_bytes:
             self._bytes -= self._pages.popleft()[2]

@@ -17,6 +17,7 @@ from typing import Protocol
 from broker.constants import KIND_END
 
 from ..ids import ZERO, StreamId
+from .budget import PageBudget
 from .frames import Batch, Shared, unfiltered
 from .items import FRAME, KIND, SID, Item, make_item
 from .pages import Pages
@@ -47,6 +48,8 @@ class Ring:
         max_entries: int,
         max_bytes: int,
         push_max_bytes: int = 32 * 1024,
+        *,
+        page: PageBudget,
         first_id: StreamId | None = None,
         meta_key: str = "",
     ) -> None:
@@ -69,7 +72,7 @@ class Ring:
         self._bytes = 0
         self._listeners: set[Listener] = set()
         self._shared: dict[tuple[StreamId, int], Shared] = {}  # see ``frames_after``
-        self.pages = Pages(max_bytes // 2)  # history for lagging clients: half the ring's budget
+        self.pages = Pages(max_bytes // 2, page)  # history for lagging clients: half the ring's budget
 
     def __len__(self) -> int:
         return len(self._items) - self._head
@@ -120,7 +123,7 @@ class Ring:
         its start, and wake every listener, who tells its client with a ``reset`` event."""
         self._items, self._sids, self._head, self._bytes = [], [], 0, 0
         self._shared.clear()
-        self.pages = Pages(self.pages.max_bytes)
+        self.pages = Pages(self.pages.max_bytes, self.pages.budget)
         self.base = self.last = ZERO
         self.first_id = first_id
         self.generation += 1

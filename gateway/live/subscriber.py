@@ -27,7 +27,7 @@ from ..storage import cursor_lost, standing, xrange
 from . import sse
 from .filter import Filter
 from .frames import Batch, Frames, Shared, frames, gap_frame, reset_frame
-from .items import Item, after, make_item
+from .items import Item, after
 from .ring import Ring
 from .sse_response import SSEResponse
 
@@ -73,24 +73,22 @@ class Subscriber:
         self._generation = ring.generation  # the ring's resets this client has been told of
 
     def start_with(self, items: list[Item]) -> None:
-        """The entries of a ``tail=N`` start, sent first, a write at a time like a page from
-        Redis: each part is let go once written, so a caught-up client holds none of them."""
+        """Items to send before anything else: the id-only item of a ``tail=N`` start that
+        matched nothing (``gateway.live.start``), which moves the client's Last-Event-ID."""
         self._backlog = items
 
-    async def serve(self, request: web.Request, tail_start: bool) -> SSEResponse:
-        """The whole stream: headers, ``retry:``, the start (the entries of a ``tail=N`` given
-        to ``start_with``, or a ``gap`` when the cursor's successors were trimmed), then live
-        until the end."""
+    async def serve(self, request: web.Request) -> SSEResponse:
+        """The whole stream: headers, ``retry:``, a ``gap`` when the cursor's successors were
+        trimmed, what ``start_with`` gave, then pages and the ring until the end."""
         await self.resp.prepare(request)
         try:
             await self.write(sse.retry(self._settings.retry_ms), None)
-            if not tail_start:
-                where = await standing(self._redis, self._keyspace, self.ring.job, self.cursor)
-                if where.lost:
-                    await self._reset(where.first_ever)
-                if where.trimmed_to is not None:
-                    frame, self.cursor = gap_frame(self.cursor, where.trimmed_to)
-                    await self.write(frame, None)
+            where = await standing(self._redis, self._keyspace, self.ring.job, self.cursor)
+            if where.lost:
+                await self._reset(where.first_ever)
+            if where.trimmed_to is not None:
+                frame, self.cursor = gap_frame(self.cursor, where.trimmed_to)
+                await self.write(frame, None)
             await self.run()
         except ClientGone:
             pass
@@ -263,13 +261,14 @@ class Subscriber:
 
     async def _read_page(self) -> tuple[list[Item], bytes]:
         """A page from Redis (kept for the job's other lagging clients) and, when entries after
-        the cursor were trimmed, the gap event that moves the cursor past them."""
+        the cursor were trimmed, the gap event that moves the cursor past them. The page is
+        bounded in entries and bytes (``PageBudget``); the next one starts after its last entry,
+        where the client's cursor is once the page is sent."""
         ring = self.ring
+        budget = ring.pages.budget
         self._metrics.pages.inc()
         try:
-            raw = await xrange(
-                self._redis, ring.key, "(" + format_id(self.cursor), count=self._settings.page_entries
-            )
+            raw = await xrange(self._redis, ring.key, "(" + format_id(self.cursor), count=budget.count())
             first_available = (await standing(self._redis, self._keyspace, ring.job, self.cursor)).trimmed_to
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             # Redis away: keep the client (heartbeats continue while idle) and try again later
@@ -281,7 +280,7 @@ class Subscriber:
             gap, self.cursor = gap_frame(self.cursor, first_available)
         if not raw:  # everything between the cursor and the ring was trimmed
             return ring.after(ring.base) or [], gap
-        items = [make_item(ring.job, i, f) for i, f in raw]
+        items = budget.take(ring.job, raw)
         ring.pages.keep(self.cursor, items)
         return items, gap
 

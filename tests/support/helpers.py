@@ -85,13 +85,15 @@ async def wait_for_subscribers(gw: Any, n: int, *, parked: bool = False, timeout
 
 
 @contextmanager
-def stuck_client(port: int, job: str) -> Iterator[socket.socket]:
+def stuck_client(port: int, job: str, query: str = "", last_event_id: str = "") -> Iterator[socket.socket]:
     """An SSE client that sends its request and never reads (a tiny receive buffer, so the
     gateway's writes back up at once), closed on the way out."""
     stuck = socket.create_connection(("127.0.0.1", port))
+    path = f"/v1/jobs/{job}/stream" + (f"?{query}" if query else "")
+    resume = f"Last-Event-ID: {last_event_id}\r\n" if last_event_id else ""
     try:
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        stuck.sendall(f"GET /v1/jobs/{job}/stream HTTP/1.1\r\nHost: test\r\n\r\n".encode())
+        stuck.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n{resume}\r\n".encode())
         yield stuck
     finally:
         stuck.close()

@@ -8,23 +8,31 @@ import json
 import socket
 import time
 import tracemalloc
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 import redis
 from aiohttp import ClientSession, TCPConnector, web
 
 from broker import SyncPublisher
+from broker.keys import Keyspace
 from gateway.api import create_app
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
+from gateway.ids import StreamId, from_redis
+from gateway.live.items import FRAME, Item
+from gateway.live.pages import Pages
 from gateway.settings import GatewaySettings
 from gateway.storage import MAX_SCAN_PAGES
 from tests.gateway.api.test_bad_input import gzip_bomb
 from tests.support.fixture_types import Client, MakeGateway, ServerFactory
 from tests.support.gateway_process import GatewayProcess
-from tests.support.helpers import error_of, wait_for_subscribers
+from tests.support.helpers import error_of, read_job, stuck_client, wait_for_subscribers
 from tests.support.jobs import Line, publish_entries, publish_job
+from tests.support.sse_client import parse
 
 
 async def test_head_on_a_stream_is_refused_without_a_body_and_not_counted(api: Client) -> None:
@@ -188,7 +196,10 @@ async def test_a_sparse_tail_start_reads_a_bounded_part_of_the_stream_then_goes_
     head = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)  # the id-only cursor move
     assert retry.startswith(b"retry: ")
     pages = _command_calls(redis_server.url, "xrevrange") - before
-    assert pages <= MAX_SCAN_PAGES + 2, f"{pages} pages of 200 read for one tail=1 start"
+    # 21 pages' worth of entries at most (20 beyond what tail=1 needs) in reads sized by the page
+    # budget (a first one of FIRST_COUNT entries, their size unknown, then 200 each), and the
+    # hub's last_id for the job's new ring
+    assert pages <= MAX_SCAN_PAGES + 3, f"{pages} pages of 200 read for one tail=1 start"
     assert b"id: " in head
     await client.post("/v1/jobs/sparse/logs", json=[{"msg": "found", "step": "nope"}])
     line = await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
@@ -346,3 +357,92 @@ async def test_a_seq_stored_with_other_content_is_a_409_naming_it(api: Client) -
     assert "1 entries of this request were stored and 1 were duplicates" in error["message"]
     page = await (await api.get("/v1/jobs/reused/logs")).json()
     assert [e["msg"] for e in page["entries"]] == ["a1", "a2", "a3", "a4"]
+
+
+async def test_a_lagging_clients_pages_are_bounded_in_bytes_and_lose_nothing(
+    make_gateway: MakeGateway, redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1,000 entries of 65 KB control characters (JSON-escaped to ~390 KB each) were read 500 at a
+    time (XRANGE COUNT) for each client behind the ring, and every page decoded and held whole:
+    a page now ends with the entry that reaches ``page_max_bytes``, and the next starts after it."""
+    heavy = "\x01" * 16_000  # 96 KB of JSON each, 6.5 MB in all
+    lines = (Line(f"{i} {heavy}" if i % 7 else f"{i} small", "s", f"w{i % 2}") for i in range(80))
+    publish_job(redis_server.url, "heavy", lines)
+    kept: list[tuple[int, int]] = []  # each page read from Redis: its bytes, its largest frame
+    keep = Pages.keep
+
+    def record(self: Pages, after: StreamId, items: list[Item]) -> None:
+        kept.append((sum(len(i[FRAME]) for i in items), max(len(i[FRAME]) for i in items)))
+        keep(self, after, items)
+
+    monkeypatch.setattr(Pages, "keep", record)
+    budget = 256 * 1024
+    client = await make_gateway(page_max_bytes=budget)
+    stored = read_job(redis.Redis.from_url(redis_server.url), "heavy")
+
+    body = await asyncio.wait_for((await client.get("/v1/jobs/heavy/stream")).read(), 30)
+    assert [e.json() for e in parse(body).events] == stored, "every entry once, in order"
+    assert kept and all(size <= budget + frame for size, frame in kept), f"page bytes: {kept}"
+
+    # filtered: id-only events move Last-Event-ID past what the filter left out, and a client
+    # resumed at one of them gets the rest exactly
+    wanted = [e for e in stored if e["worker"] == "w1" or e["kind"] == "end"]
+    raw = await asyncio.wait_for((await client.get("/v1/jobs/heavy/stream?worker=w1")).read(), 30)
+    filtered = parse(raw)
+    assert [e.json() for e in filtered.events] == wanted
+    ids = [from_redis(line[4:]) for line in raw.split(b"\n") if line.startswith(b"id: ")]
+    assert ids == sorted(set(ids)) and len(ids) > len(wanted), "ascending, with id-only events"
+    cut = next(e["id"] for e in stored[40:] if e["worker"] == "w0")
+    resumed = await client.get("/v1/jobs/heavy/stream?worker=w1", headers={"Last-Event-ID": cut})
+    rest = parse(await asyncio.wait_for(resumed.read(), 30))
+    assert [e.json() for e in rest.events] == [e for e in wanted if from_redis(e["id"]) > from_redis(cut)]
+    tail = await client.get("/v1/jobs/heavy/stream?tail=12&worker=w1")  # sent as pages too
+    assert [e.json() for e in parse(await asyncio.wait_for(tail.read(), 30)).events] == wanted[-12:]
+    assert all(size <= budget + frame for size, frame in kept), f"page bytes: {kept}"
+
+
+async def _until_all_stuck(gw: Any, n: int, timeout_s: float = 30.0) -> None:
+    """Until ``n`` subscribers are all waiting on a write their client does not take, for a while."""
+    loop = asyncio.get_running_loop()
+    deadline, since = loop.time() + timeout_s, None
+    while loop.time() < deadline:
+        subs = gw.hub.subscribers
+        if len(subs) == n and all(s.writing_since is not None for s in subs):
+            since = since or loop.time()
+            if loop.time() - since > 0.5:
+                return
+        else:
+            since = None
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{n} stalled subscribers expected")
+
+
+async def test_stalled_clients_behind_the_ring_hold_a_page_of_bytes_each(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    """4 stalled SSE clients behind the ring added 222 MiB over entries of 65 KB control
+    characters: each read was 500 entries (XRANGE COUNT), decoded and kept whole; a ``tail=N``
+    start decoded and held its N entries. Now what the gateway holds for them (their pages, the
+    kept ones, their writes) is bounded in bytes."""
+    heavy = "\x01" * 16_000  # 96 KB of JSON each: 200 of them are 19 MB of frames
+    publish_job(redis_server.url, "stall", (Line(f"{i} {heavy}", "s", "w") for i in range(200)), end=None)
+    ids = [i.decode() for i, _ in redis.Redis.from_url(redis_server.url).xrange(Keyspace().stream("stall"))]
+    budget, ring_bytes, frame = 256 * 1024, 1 << 20, 96_100
+    client = await make_gateway(page_max_bytes=budget, ring_bytes=ring_bytes, write_timeout_s=600)
+    tracemalloc.start()
+    try:
+        gc.collect()
+        base = tracemalloc.get_traced_memory()[0]
+        with ExitStack() as stack:
+            for k in range(4):  # each at its own place in the job's history
+                stack.enter_context(stuck_client(client.port, "stall", last_event_id=ids[k * 45]))
+            stack.enter_context(stuck_client(client.port, "stall", query="tail=150"))  # and a tail start
+            await _until_all_stuck(client.app[GATEWAY], 5)
+            gc.collect()
+            held, peak = (m - base for m in tracemalloc.get_traced_memory())
+    finally:
+        tracemalloc.stop()
+    # per client a page (budget + one entry) and a write in its transport; the kept pages
+    bound = 5 * (budget + frame + 2 * frame) + ring_bytes // 2
+    assert held < bound, f"{held / 2**20:.1f} MiB held for 5 stalled clients (bound {bound / 2**20:.1f})"
+    assert peak < bound + 2 * budget, f"{peak / 2**20:.1f} MiB at the peak: a read far past the budget"

@@ -16,6 +16,7 @@ from broker.keys import Keyspace
 from gateway.cli.redis_server import RedisServer
 from gateway.cli.serve import freeze_startup_heap, serving_app
 from gateway.ids import ZERO
+from gateway.live.budget import PageBudget
 from gateway.live.ring import Ring
 from gateway.settings import GatewaySettings
 from tests.support.jobs import Line, publish_job
@@ -27,7 +28,7 @@ def test_ring_items_leave_the_collector_after_one_collection(redis_server: Redis
     lines = (Line(f"line {i}", "s", f"w{i % 3}", fields={"i": i}) for i in range(200))
     publish_job(redis_server.url, "gc", lines, end_named=False)
     raw = redis.Redis.from_url(redis_server.url).xrange(Keyspace().stream("gc"))
-    feed = Ring("gc", Keyspace().stream("gc"), ZERO, 10_000, 1 << 20)
+    feed = Ring("gc", Keyspace().stream("gc"), ZERO, 10_000, 1 << 20, page=PageBudget(1 << 20, 500))
     assert feed.append(raw) == 201
     items = feed.after(ZERO)
     assert items is not None and len(items) == 201

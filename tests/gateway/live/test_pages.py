@@ -12,6 +12,7 @@ from broker.keys import Keyspace
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.ids import from_redis
+from gateway.live.budget import FIRST_COUNT, PageBudget
 from gateway.live.items import FRAME, SID, make_item
 from gateway.live.pages import Pages
 from tests.support.fixture_types import MakeGateway
@@ -28,7 +29,7 @@ def items_of(url: str, job: str) -> list[Any]:
 def test_a_kept_page_serves_every_cursor_it_covers(redis_server: RedisServer) -> None:
     publish_entries(redis_server.url, "p", 30, end=False)
     items = items_of(redis_server.url, "p")
-    pages = Pages(max_bytes=1 << 20)
+    pages = Pages(max_bytes=1 << 20, budget=PageBudget(1 << 20, 500))
     pages.keep(items[4][SID], items[5:20])  # read after entry 4: covers cursors 4..18
     assert pages.after(items[3][SID]) is None, "before the page: entry 4 is not in it"
     assert pages.after(items[4][SID]) == items[5:20]
@@ -41,7 +42,8 @@ def test_a_kept_page_serves_every_cursor_it_covers(redis_server: RedisServer) ->
 def test_pages_are_bounded_oldest_first(redis_server: RedisServer) -> None:
     publish_entries(redis_server.url, "b", 40, end=False)
     items = items_of(redis_server.url, "b")
-    pages = Pages(max_bytes=sum(len(i[FRAME]) for i in items[11:31]))  # room for two of the pages
+    room = sum(len(i[FRAME]) for i in items[11:31])  # for two of the pages
+    pages = Pages(max_bytes=room, budget=PageBudget(1 << 20, 500))
     pages.keep(items[0][SID], items[1:11])
     pages.keep(items[10][SID], items[11:21])
     pages.keep(items[20][SID], items[21:31])
@@ -50,6 +52,8 @@ def test_pages_are_bounded_oldest_first(redis_server: RedisServer) -> None:
     assert pages.after(items[25][SID]) == items[26:31]
     pages.keep(items[0][SID], [])  # an empty read keeps nothing
     assert pages.after(items[0][SID]) is None
+    pages.keep(items[0][SID], items[1:40])  # larger than the whole bound: not kept, and all go
+    assert pages.after(items[1][SID]) is None and pages.after(items[25][SID]) is None
 
 
 async def test_lagging_clients_share_pages_and_each_gets_everything(
@@ -91,3 +95,15 @@ async def test_a_kept_page_never_hides_a_gap(make_gateway: MakeGateway, redis_se
     events = parse(buf).events
     assert events[0].event == "gap", "a cursor in the trimmed range gets its gap, not a kept page"
     assert events[1].id == ids[100].decode()
+
+
+def test_reads_start_small_after_big_entries_and_grow_back_by_doubling() -> None:
+    budget = PageBudget(max_bytes=100_000, max_entries=500)
+    assert budget.count() == FIRST_COUNT, "sizes unknown: a few entries"
+    budget.saw(16, 16 * 50_000)
+    assert budget.count() == 2, "two entries of 50 KB fill the budget"
+    for expected in (4, 8, 16, 32, 64, 128, 256, 500, 500):  # small entries again: doubling back
+        budget.saw(budget.count(), budget.count() * 100)
+        assert budget.count() == expected
+    budget.saw(1, 400_000)
+    assert budget.count() == 1, "one entry past the budget: one at a time, never zero"

@@ -21,6 +21,7 @@ from broker.keys import Keyspace
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.ids import ZERO, from_redis
+from gateway.live.budget import PageBudget
 from gateway.live.frames import Batch
 from gateway.live.items import FRAME, SID, make_item
 from gateway.live.ring import Ring
@@ -50,7 +51,9 @@ def raw_entries(url: str, job: str, messages: list[str], end: bool = False) -> l
 
 
 def new_feed(push_max_bytes: int = 32 * 1024) -> Ring:
-    return Ring("j", Keyspace().stream("j"), ZERO, 10_000, 1 << 20, push_max_bytes)
+    return Ring(
+        "j", Keyspace().stream("j"), ZERO, 10_000, 1 << 20, push_max_bytes, page=PageBudget(1 << 20, 500)
+    )
 
 
 def test_parked_listeners_get_one_shared_batch_others_are_woken(redis_server: RedisServer) -> None:
