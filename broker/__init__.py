@@ -13,7 +13,7 @@ Threads and processes use :class:`SyncPublisher` the same way, without ``await``
 ``logging`` code publishes through :class:`LogbrokerHandler`.
 """
 
-from .codec import decode_entry, entry_json
+from .codec import decode_entry
 from .config import PublisherConfig
 from .core import PublisherHealth
 from .entry import Entry
@@ -50,6 +50,5 @@ __all__ = [
     "WorkerMeta",
     "bind",
     "decode_entry",
-    "entry_json",
     "parse_meta",
 ]
