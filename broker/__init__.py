@@ -26,6 +26,10 @@ from .outbox import DeliveryReport
 from .publisher import Publisher
 from .sync_publisher import SyncPublisher
 
+# The one home of the version: pyproject.toml reads it from here (tool.setuptools.dynamic), so a
+# checkout on PYTHONPATH and the wheel built from it agree without asking installed metadata.
+__version__ = "0.2.0"
+
 __all__ = [
     "CodecError",
     "DeliveryReport",
@@ -48,6 +52,7 @@ __all__ = [
     "SyncPublisher",
     "WorkerHandle",
     "WorkerMeta",
+    "__version__",
     "bind",
     "decode_entry",
     "parse_meta",
