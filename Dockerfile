@@ -8,11 +8,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
-# Only what the package needs (pyproject names README.md as its readme); tests stay out.
-COPY pyproject.toml README.md ./
+# Only what the package needs (pyproject names README.md as its readme, LICENSE as its licence
+# file); tests stay out. The gateway extra: the image runs `serve` and the demo fleet.
+COPY pyproject.toml README.md LICENSE ./
 COPY broker ./broker
 COPY gateway ./gateway
-RUN pip install . && rm -rf /app/build
+RUN pip install '.[gateway]' && rm -rf /app/build
 
 # Not root; /data for LOGBROKER_DATA_DIR should someone run `serve` without a Redis URL
 # (that needs a redis-server binary the slim image does not have, so compose always sets one).

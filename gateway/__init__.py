@@ -7,5 +7,6 @@ Sub-packages, imports running one way (``cli`` -> ``api`` -> ``live`` -> the mod
 * ``gateway.cli``: the ``logbroker`` command (serve, demo, tail, token, the embedded redis-server).
 
 What all three share lives here: settings, Redis clients, typed stream reads, errors, metrics,
-stream ids.
+stream ids, entry JSON. Everything here needs the gateway extra (``pip install
+'logbroker[gateway]'``); ``broker`` alone is what a worker needs.
 """

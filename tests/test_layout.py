@@ -66,7 +66,7 @@ def _type_checking_only(node: ast.If) -> bool:
     )
 
 
-def _import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
+def import_nodes(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
     """Every import statement, wherever it is, but not those under ``if TYPE_CHECKING:``."""
     stack = [tree]
     while stack:
@@ -127,7 +127,7 @@ def import_graph(
     graph: dict[str, list[Import]] = {}
     for name, path in modules.items():
         edges: dict[str, Import] = {}
-        for node in _import_nodes(ast.parse(path.read_text(), str(path))):
+        for node in import_nodes(ast.parse(path.read_text(), str(path))):
             for target in resolver.targets(name, path, node):
                 if target != name:
                     edges.setdefault(target, Import(name, target, path, node.lineno))

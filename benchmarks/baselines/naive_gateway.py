@@ -28,8 +28,9 @@ from typing import Any
 import redis.asyncio
 from aiohttp import web
 
-from broker.codec import decode_entry, entry_json
+from broker.codec import decode_entry
 from broker.keys import Keyspace
+from gateway.entry_json import entry_json
 
 HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from multidict import MultiMapping
 
 from broker.constants import KINDS, LEVELS
 from broker.entry import check_job_id, check_name
@@ -15,6 +15,9 @@ from broker.errors import InvalidEntry
 from ..errors import bad_request
 from ..live.filter import Filter
 from .error_middleware import Handler
+
+if TYPE_CHECKING:
+    from multidict import MultiMapping  # aiohttp's; only named in annotations
 
 FILTERS = frozenset({"step", "worker", "level", "kind"})
 # The query parameters each API route takes (``token`` is auth's, on every route). Any other, or

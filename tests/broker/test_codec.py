@@ -1,4 +1,4 @@
-"""Entries to stored bytes and back (broker/codec.py), without Redis."""
+"""Entries to stored bytes and back (broker/codec.py) and to the JSON the gateway sends, without Redis."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from broker.codec import (
     LinePacker,
     decode_entry,
-    entry_json,
     iso_to_ms,
     ms_to_iso,
     pack_batch,
@@ -27,6 +26,7 @@ from broker.codec import (
 from broker.constants import KIND_END, KIND_LOG, KIND_STATUS, LEVELS, MAX_FIELDS_BYTES
 from broker.entry import Draft, check_fields
 from broker.errors import CodecError, InvalidEntry
+from gateway.entry_json import entry_json
 
 ENTRY_KEYS = {
     "id", "job", "job_name", "job_type", "step", "worker", "parent", "line",
@@ -408,23 +408,6 @@ def test_property_round_trip(
 def test_timestamps_are_padded_iso_8601_at_the_edges(ts_ms: int, text: str) -> None:
     assert ms_to_iso(ts_ms) == text
     assert iso_to_ms(text) == ts_ms
-
-
-def test_entry_json_is_compact_json_dumps_output_and_falls_back_where_orjson_refuses() -> None:
-    """orjson is an optimisation: for every value an entry can hold the bytes are json.dumps'
-    compact, non-ASCII form; what orjson refuses goes through json.dumps instead of failing."""
-    from broker.codec import entry_json_bytes
-
-    entry: Any = {
-        "id": "1-0",
-        "msg": 'é 🎉 \u2028 \x00\x1f\x7f \n\r\t\b\f "quoted" \\ back',
-        "fields": {"n": 2**63, "neg": -(2**63), "f": 0.1, "big": 1.5e300, "l": [True, None, {}]},
-    }
-    expected = json.dumps(entry, ensure_ascii=False, separators=(",", ":"))
-    assert json.loads(entry_json_bytes(entry)) == json.loads(expected)
-    assert entry_json(entry) == entry_json_bytes(entry).decode()
-    huge: Any = {"id": "1-0", "fields": {"n": 2**70}, "s": "\ud800"}  # beyond 64 bits; a lone surrogate
-    assert entry_json(huge) == json.dumps(huge, separators=(",", ":"))
 
 
 @settings(max_examples=300, deadline=None)

