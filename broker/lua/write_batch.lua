@@ -1,7 +1,8 @@
 -- logbroker: write one batch of entries of one job, atomically (docs/design.md §3).
 --
--- KEYS: 1 stream, 2 meta hash, 3 partition job index (sorted set), 4 seqs hash (per src: which
---       seqs are stored, and fingerprints of the newest); all share one hash tag.
+-- KEYS: 1 stream, 2 meta hash, 3 partition job index (sorted set), 4 seqs hash (per src whose
+--       stored seqs are not 1..last: their ranges); all share one hash tag, as does each src's
+--       fingerprint string ``<KEYS[4]>:<src>``, named from KEYS[4] (one slot: cluster-safe).
 -- ARGV: 1 job id, 2 MAXLEN (0 = unbounded), 3 idle TTL s (0 = none), 4 TTL s after the end,
 --       5 job name ('' = keep), 6 job type ('' = keep),
 --       7 msgpack array of control tuples {step, worker, src, seq, kind, status, body, fingerprint}
@@ -150,38 +151,47 @@ local function src_of(src)
   return s
 end
 
--- A src's stored seqs (loaded on its first entry with a seq, saved once per batch): ``ranges``
--- {lo1, hi1, lo2, hi2, ...} ascending (usually one), and ``prints``: the fingerprints of the seqs
--- ptop-#prints/4+1 .. ptop, 4 bytes each (NO_PRINT in a hole), followed by ``pending`` ones not
--- yet concatenated; ptop + #pending is always the highest seq stored.
+-- A src's stored seqs. ``ranges`` {lo1, hi1, lo2, hi2, ...} ascending: a field of the seqs hash
+-- only when they are not simply 1..last (a publisher's are), so the common case reads nothing.
+-- Fingerprints: a string key per src (``<seqs key>:<src>``, the job's hash tag) holding those of
+-- the seqs last-n+1 .. last, 4 bytes each (NO_PRINT in a hole), appended once per batch and read
+-- 4 bytes at a time: a batch never copies the window (4 KiB string operations cost more than
+-- the entry itself). ``pending`` holds this batch's fingerprints not yet appended; once they are,
+-- the string ends at the highest seq stored.
 local function load_seqs(s)
   local raw = redis.call('HGET', seqs_key, s.name)
   if raw then
-    local state = cmsgpack.unpack(raw)
-    s.ranges, s.prints = state[1], state[2]
+    s.ranges = cmsgpack.unpack(raw)
   elseif s.seq > 0 then
-    s.ranges, s.prints = {1, s.seq}, ''  -- written before seqs were tracked: 1..last taken as stored
+    s.ranges = {1, s.seq}  -- 1..last (also what a job written before seqs were tracked means)
   else
-    s.ranges, s.prints = {}, ''
+    s.ranges = {}
   end
-  s.ptop, s.pending, s.changed = s.seq, {}, false
+  s.had_ranges, s.prints_key, s.pending, s.plen, s.changed = raw ~= nil, seqs_key .. ':' .. s.name, {}, nil, false
 end
 
+-- append what is pending; keep the string near WINDOW fingerprints (trimmed once it doubles)
 local function materialize(s)
   if #s.pending > 0 then
-    s.prints = s.prints .. table.concat(s.pending)
-    s.ptop = s.ptop + #s.pending
+    s.plen = redis.call('APPEND', s.prints_key, table.concat(s.pending))
     s.pending = {}
+    if s.plen > 2 * WINDOW * 4 then
+      local keep = redis.call('GETRANGE', s.prints_key, s.plen - WINDOW * 4, -1)
+      redis.call('SET', s.prints_key, keep)
+      s.plen = #keep
+    end
+  elseif s.plen == nil then
+    s.plen = redis.call('STRLEN', s.prints_key)
   end
-  local excess = #s.prints - WINDOW * 4
-  if excess > 0 then s.prints = string.sub(s.prints, excess + 1) end
 end
 
--- where seq's fingerprint starts in prints (nil when older than the window)
-local function print_pos(s, seq)
+-- the 0-based offset of seq's fingerprint (nil when older than the newest WINDOW seqs; the
+-- string may keep up to twice as many, to be trimmed rarely)
+local function print_at(s, seq)
+  if seq <= s.seq - WINDOW then return nil end
   materialize(s)
-  local at = #s.prints - (s.ptop - seq) * 4 - 3
-  if at >= 1 then return at end
+  local at = s.plen - (s.seq - seq + 1) * 4
+  if at >= 0 then return at end
   return nil
 end
 
@@ -213,9 +223,9 @@ local function classify(s, seq, print)
   end
   local k, before = range_of(r, seq)
   if k then
-    local at = print_pos(s, seq)
+    local at = print_at(s, seq)
     if at then
-      local stored = string.sub(s.prints, at, at + 3)
+      local stored = redis.call('GETRANGE', s.prints_key, at, at + 3)
       if stored ~= NO_PRINT and stored ~= print then return 2 end
     end
     return 1
@@ -228,8 +238,17 @@ end
 -- seq (classified 0) is now stored
 local function record(s, seq, print)
   local r = s.ranges
-  local m = #r / 2
+  local n = #r
   s.changed = true
+  if seq == s.seq + 1 and n > 0 and r[n] == s.seq then  -- the next seq: what publishers send
+    r[n] = seq
+    local pending = s.pending
+    pending[#pending + 1] = print
+    s.seq = seq
+    if #pending > WINDOW then materialize(s) end
+    return
+  end
+  local m = n / 2
   if seq > s.seq then
     if m > 0 and r[2 * m] == seq - 1 then
       r[2 * m] = seq
@@ -238,12 +257,15 @@ local function record(s, seq, print)
     end
     local hole = seq - s.seq - 1
     if hole >= WINDOW then
-      s.prints, s.pending, s.ptop = string.rep(NO_PRINT, WINDOW - 1), {print}, seq - 1
+      -- nothing kept is within the window any more: it starts over, the seqs before it holes
+      s.pending = {}
+      redis.call('SET', s.prints_key, string.rep(NO_PRINT, WINDOW - 1) .. print)
+      s.plen = WINDOW * 4
     else
       local pending = s.pending
-      for _ = 1, hole do pending[#pending + 1] = NO_PRINT end
+      if hole > 0 then pending[#pending + 1] = string.rep(NO_PRINT, hole) end
       pending[#pending + 1] = print
-      if #pending > 2 * WINDOW then materialize(s) end
+      if #pending > WINDOW then s.seq = seq; materialize(s) end
     end
     s.seq = seq
     return
@@ -263,15 +285,23 @@ local function record(s, seq, print)
     table.insert(r, 2 * k - 1, seq)
     table.insert(r, 2 * k - 1, seq)
   end
-  local at = print_pos(s, seq)
-  if at then s.prints = string.sub(s.prints, 1, at - 1) .. print .. string.sub(s.prints, at + 4) end
+  local at = print_at(s, seq)
+  if at then redis.call('SETRANGE', s.prints_key, at, print) end
 end
 
+-- once per batch: pending fingerprints appended, ranges saved unless they are 1..last
+local prints_keys = {}
 local function save_seqs()
   for _, s in ipairs(src_list) do
     if s.changed then
       materialize(s)
-      redis.call('HSET', seqs_key, s.name, cmsgpack.pack({s.ranges, s.prints}))
+      prints_keys[#prints_keys + 1] = s.prints_key
+      local r = s.ranges
+      if #r == 2 and r[1] == 1 and r[2] == s.seq then
+        if s.had_ranges then redis.call('HDEL', seqs_key, s.name) end
+      else
+        redis.call('HSET', seqs_key, s.name, cmsgpack.pack(r))
+      end
     end
   end
 end
@@ -366,7 +396,11 @@ for pos, e in ipairs(batch) do
   local g = group_of(e[3], e[1], e[2])
   local s = g.src
   local verdict = 0
-  if s and seq > 0 then verdict = classify(s, seq, e[8]) end
+  if s and seq > 0 then
+    if s.ranges == nil then load_seqs(s) end
+    local r = s.ranges
+    if seq ~= s.seq + 1 or r[#r] ~= s.seq then verdict = classify(s, seq, e[8]) end  -- else new
+  end
   if verdict == 1 then
     dups = dups + 1
   elseif verdict > 1 then
@@ -436,6 +470,7 @@ if ttl > 0 then
   redis.call('EXPIRE', stream, ttl)
   redis.call('EXPIRE', meta, ttl)
   redis.call('EXPIRE', seqs_key, ttl)
+  for _, key in ipairs(prints_keys) do redis.call('EXPIRE', key, ttl) end
 end
 redis.call('ZADD', index, now, job)
 if idle_ttl > 0 then

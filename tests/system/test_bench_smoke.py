@@ -169,6 +169,24 @@ def test_fanout_refuses_an_unknown_client_kind() -> None:
     assert proc.stdout == ""
 
 
+WRITE_SCRIPT = ROOT / "benchmarks" / "write_script.py"
+
+
+@pytest.mark.slow
+def test_write_script_smoke_run_measures_both_scripts_against_xadd() -> None:
+    """benchmarks/write_script.py --smoke --against HEAD: the documented keys, every figure
+    measured (Redis CPU per entry), the script against itself near 1."""
+    cmd = [sys.executable, str(WRITE_SCRIPT), "--smoke", "--against", "HEAD"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert {"date", "machine", "entries", "rounds", "against", "batch_1000", "batch_1"} <= result.keys()
+    for part in (result["batch_1000"], result["batch_1"]):
+        assert part["current_us_per_entry"] > 0 and part["xadd_us_per_entry"] > 0
+        assert part["current_vs_xadd"] > 1, "the script does more than a bare XADD"
+        assert part["against_us_per_entry"] > 0 and part["current_over_against"] > 0
+
+
 CLUSTER_SCRIPT = ROOT / "benchmarks" / "cluster.py"
 CLUSTER_KEYS = ("date", "machine", "sizes", "single", "cluster", "ratios", "exact")
 
