@@ -64,6 +64,8 @@ class GatewaySettings(BaseSettings):
     # free connection when all are busy, then 503
     redis_max_connections: int = Field(256, ge=1, le=100_000)
     redis_pool_timeout_s: float = Field(5.0, gt=0, le=300)
+    # a connection's wait for a request's headers (slowloris): 408 and closed after this long
+    header_timeout_s: float = Field(10.0, gt=0, le=300)
     # SSE
     heartbeat_s: float = Field(15.0, gt=0, le=3600)
     retry_ms: int = Field(2000, ge=0, le=3_600_000)

@@ -29,10 +29,15 @@ _HTTP_CODES = {
 }
 
 
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    """The one JSON shape of every error answer (also written by ``gateway.cli.protocol``)."""
+    return {"error": {"code": code, "message": message}}
+
+
 def error_response(
     status: int, code: str, message: str, headers: dict[str, str] | None = None
 ) -> web.Response:
-    return web.json_response({"error": {"code": code, "message": message}}, status=status, headers=headers)
+    return web.json_response(error_body(code, message), status=status, headers=headers)
 
 
 @web.middleware

@@ -21,7 +21,7 @@ from broker.delivery import Backoff
 from ..api import create_app
 from ..api.auth import mint_token
 from ..settings import GatewaySettings
-from .serve import redis_for
+from .serve import gateway_runner, redis_for
 from .sse_parser import SSEParser
 from .workload import StepSpec, expected_entries, run_step
 
@@ -73,7 +73,7 @@ def _count(report: FollowerReport, seen: set[str], entry: dict[str, object]) -> 
 
 async def run_demo(settings: GatewaySettings, steps: list[StepSpec], processes: int) -> int:
     with redis_for(settings) as url:
-        runner = web.AppRunner(create_app(settings, redis_url=url))
+        runner = gateway_runner(create_app(settings, redis_url=url), settings)
         await runner.setup()
         try:
             await web.TCPSite(runner, settings.host, settings.port).start()

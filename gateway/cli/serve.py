@@ -11,18 +11,22 @@ import asyncio
 import gc
 import logging
 import resource
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 from aiohttp import web
 
 from ..api import create_app
 from ..api.auth import RedactingAccessLogger
 from ..settings import GatewaySettings
+from .protocol import GatewayRunner
 from .redis_server import RedisServer
 
 log = logging.getLogger(__name__)
 SHUTDOWN_TIMEOUT_S = 5
+KEEPALIVE_TIMEOUT_S = 75  # an idle kept-alive connection (aiohttp's run_app default; nginx's is 60 s)
 
 
 @contextmanager
@@ -46,15 +50,37 @@ def serve(settings: GatewaySettings) -> None:
         app = serving_app(settings, url)
         where = url or f"Sentinel master {settings.sentinel_master}"
         print(f"logbroker gateway on http://{settings.host}:{settings.port}/ (Redis {where})", flush=True)
-        web.run_app(
-            app, loop=new_event_loop(settings.event_loop), host=settings.host, port=settings.port,
-            print=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log
-            # a client that hangs up ends its handler at once: its stream's slot is free at once,
-            # not at its next write (a reconnect loop otherwise filled max_clients)
-            handler_cancellation=True,
-            auto_decompress=False,  # ingest inflates bodies itself, within the body limit (api/body.py)
-        )  # fmt: skip
+        with asyncio.Runner(loop_factory=partial(new_event_loop, settings.event_loop)) as runner:
+            runner.run(serve_until_signalled(app, settings))
+
+
+async def serve_until_signalled(app: web.Application, settings: GatewaySettings) -> None:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully (streams end, handlers finish).
+    The loop's close removes the signal handlers."""
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    runner = gateway_runner(app, settings)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def gateway_runner(app: web.Application, settings: GatewaySettings) -> GatewayRunner:
+    """How ``serve`` and ``demo`` run the app: aiohttp's runner with the connection protocol of
+    ``gateway.cli.protocol`` (a deadline for request headers, JSON answers to unparsable ones)."""
+    return GatewayRunner(
+        app, header_timeout_s=settings.header_timeout_s, shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+        access_log_class=RedactingAccessLogger,  # a ?token= never reaches the log
+        # a client that hangs up ends its handler at once: its stream's slot is free at once,
+        # not at its next write (a reconnect loop otherwise filled max_clients)
+        handler_cancellation=True,
+        auto_decompress=False,  # ingest inflates bodies itself, within the body limit (api/body.py)
+    )  # fmt: skip
 
 
 FILES_BESIDE_CLIENTS = 256  # listening socket, readers and their control connections, logs, slack

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import httpx
+import jwt
 import pytest
 import redis
 
@@ -240,5 +241,15 @@ def test_authorization_and_the_body_limit_through_nginx(redis_server: RedisServe
             assert refused.status_code == 413
             assert refused.json()["error"]["code"] == "body_too_large"
             assert refused.headers["content-type"] == "application/json"
+            # a JWT with many claims (12 KB) passes nginx in the header and in ?token=; longer
+            # ones reach the gateway, which refuses them in its JSON error shape
+            claims = {"jobs": "*", "scope": "read", "exp": int(time.time()) + 600}
+            big = jwt.encode({**claims, "groups": [f"team-{i:05d}" for i in range(800)]}, secret)
+            assert 12_000 < len(big) < 16_000
+            bearer = {"Authorization": f"Bearer {big}"}
+            assert http.get("/v1/jobs/ngx-auth", headers=bearer).status_code == 200
+            assert http.get("/v1/jobs/ngx-auth", params={"token": big}).status_code == 200
+            too_long = http.get("/v1/jobs/ngx-auth", headers={"Authorization": f"Bearer {big}{big}"})
+            assert too_long.status_code == 431 and too_long.json()["error"]["code"] == "header_too_large"
     finally:
         _stop(gateways, nginx)
