@@ -1,0 +1,81 @@
+"""How long the client keeps trying, and how it paces its attempts (sans-IO: it only computes).
+
+A failed attempt (no connection, a dropped stream, a 5xx) waits ``d·U(½, 1)`` with
+``d = min(cap, base · 2^(n-1))`` for the n-th failure in a row: exponential, jittered so a fleet of
+clients does not come back in lockstep. ``base`` is the gateway's ``retry:`` advice once it gave
+one (docs/design.md §5), else ``Retry.initial_ms``; ``cap`` is ``Retry.max_ms`` (or the advice, if
+larger). A ``Retry-After`` header is waited at least. A stream that opened resets the count.
+
+Bounds: ``max_attempts`` failures in a row, or ``max_elapsed_s`` since the last stream that opened
+(or since the start); either reached raises :class:`RetriesExhausted`, never a silent give-up. A
+wait is never longer than what is left of ``max_elapsed_s``, so the last attempt is made at the
+bound rather than after it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import InvalidConfig
+from .errors import RetriesExhausted, ServerError
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    initial_ms: int = 100
+    max_ms: int = 5_000
+    max_attempts: int | None = None  # failures in a row; None: bounded by time only
+    max_elapsed_s: float | None = 300.0  # since the last stream that opened; None: by attempts only
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.initial_ms <= self.max_ms:
+            raise InvalidConfig(
+                f"Retry needs 1 <= initial_ms <= max_ms, got {self.initial_ms}, {self.max_ms}"
+            )
+        if self.max_attempts is not None and self.max_attempts < 1:
+            raise InvalidConfig(f"Retry.max_attempts must be >= 1 or None, got {self.max_attempts}")
+        if self.max_elapsed_s is not None and not self.max_elapsed_s >= 0:
+            raise InvalidConfig(f"Retry.max_elapsed_s must be >= 0 or None, got {self.max_elapsed_s}")
+
+
+class Backoff:
+    """The pacing state of one follow or read: failures in a row and since when."""
+
+    def __init__(
+        self,
+        policy: Retry,
+        clock: Callable[[], float] = time.monotonic,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.policy = policy
+        self.advice_ms: int | None = None  # the gateway's retry:
+        self.failures = 0
+        self._clock = clock
+        self._rand = rand
+        self._since = clock()
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self._since = self._clock()
+
+    def failed(self, error: BaseException, url: str) -> float:
+        """The wait before the next attempt, or :class:`RetriesExhausted` (from ``error``)."""
+        self.failures += 1
+        p = self.policy
+        elapsed = self._clock() - self._since
+        if (p.max_attempts is not None and self.failures >= p.max_attempts) or (
+            p.max_elapsed_s is not None and elapsed >= p.max_elapsed_s
+        ):
+            raise RetriesExhausted(url, self.failures, elapsed, error) from error
+        base = self.advice_ms if self.advice_ms is not None else p.initial_ms
+        cap = max(p.max_ms, base)
+        d = min(cap, base << min(self.failures - 1, 30))
+        delay_s = d * (0.5 + 0.5 * self._rand()) / 1000
+        if isinstance(error, ServerError) and error.retry_after_s is not None:
+            delay_s = max(delay_s, error.retry_after_s)
+        if p.max_elapsed_s is not None:
+            delay_s = min(delay_s, p.max_elapsed_s - elapsed)
+        return max(delay_s, 0.0)
