@@ -6,10 +6,11 @@ clients does not come back in lockstep. ``base`` is the gateway's ``retry:`` adv
 one (docs/design.md §5), else ``Retry.initial_ms``; ``cap`` is ``Retry.max_ms`` (or the advice, if
 larger). A ``Retry-After`` header is waited at least. A stream that opened resets the count.
 
-Bounds: ``max_attempts`` failures in a row, or ``max_elapsed_s`` since the last stream that opened
-(or since the start); either reached raises :class:`RetriesExhausted`, never a silent give-up. A
-wait is never longer than what is left of ``max_elapsed_s``, so the last attempt is made at the
-bound rather than after it.
+Bounds: ``max_attempts`` failures in a row, or ``max_elapsed_s`` since they began (the start of
+the first failed attempt, or the drop of a stream that had opened: a stream that ran for an hour
+is not "an hour of failures"); either reached raises :class:`RetriesExhausted`, never a silent
+give-up. A wait is never longer than what is left of ``max_elapsed_s``, so the last attempt is
+made at the bound rather than after it.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Retry:
     initial_ms: int = 100
     max_ms: int = 5_000
     max_attempts: int | None = None  # failures in a row; None: bounded by time only
-    max_elapsed_s: float | None = 300.0  # since the last stream that opened; None: by attempts only
+    max_elapsed_s: float | None = 300.0  # since the failures began; None: by attempts only
 
     def __post_init__(self) -> None:
         if not 1 <= self.initial_ms <= self.max_ms:
@@ -42,7 +43,10 @@ class Retry:
 
 
 class Backoff:
-    """The pacing state of one follow or read: failures in a row and since when."""
+    """The pacing state of one follow or read: failures in a row and since when.
+
+    ``attempt()`` before each request, then ``succeeded()`` (a stream opened, a page came) or
+    ``failed()``."""
 
     def __init__(
         self,
@@ -55,17 +59,24 @@ class Backoff:
         self.failures = 0
         self._clock = clock
         self._rand = rand
-        self._since = clock()
+        self._since: float | None = None  # when the current run of failures began
+
+    def attempt(self) -> None:
+        if self._since is None:
+            self._since = self._clock()
 
     def succeeded(self) -> None:
         self.failures = 0
-        self._since = self._clock()
+        self._since = None
 
     def failed(self, error: BaseException, url: str) -> float:
         """The wait before the next attempt, or :class:`RetriesExhausted` (from ``error``)."""
         self.failures += 1
         p = self.policy
-        elapsed = self._clock() - self._since
+        now = self._clock()
+        if self._since is None:  # a stream that had opened dropped: the failures begin now
+            self._since = now
+        elapsed = now - self._since
         if (p.max_attempts is not None and self.failures >= p.max_attempts) or (
             p.max_elapsed_s is not None and elapsed >= p.max_elapsed_s
         ):

@@ -64,6 +64,8 @@ class _Common:
     _turn: int = 0  # the base URL tried next: the next one after each failure
 
     def path_url(self, suffix: str) -> str:
+        """The next request's URL; counts as the start of an attempt."""
+        self.backoff.attempt()
         self.url = f"{self.bases[self._turn % len(self.bases)]}/v1/jobs/{quote(self.job, safe='')}{suffix}"
         return self.url
 
@@ -177,6 +179,7 @@ class FollowState:
             last = meta.get("last_id") if isinstance(meta, dict) else None
             self.cursor = last if isinstance(last, str) and last else ZERO
         self._pin = False
+        self.c.backoff.succeeded()
         return False
 
     def event(self, event: str, data: str, event_id: str, retry_ms: int | None) -> Item | None:

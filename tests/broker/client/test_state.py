@@ -26,6 +26,7 @@ from broker.client import (
     ServerError,
     Unauthorized,
 )
+from broker.client.errors import StreamEnded as StreamEndedError
 from broker.client.retry import Backoff
 from broker.client.state import FollowState, Item, ReplayState, follow_state, replay_state
 from broker.errors import InvalidConfig
@@ -276,14 +277,32 @@ def test_backoff_bounds_raise_a_clear_error_with_the_last_failure() -> None:
     assert "gave up on http://gw/v1/jobs/j/stream after 3 failed attempts" in str(e.value)
     clock = Clock()
     t = Backoff(Retry(initial_ms=1000, max_ms=8000, max_elapsed_s=10.0), clock=clock, rand=lambda: 1.0)
+    t.attempt()  # at 0: an attempt that will fail, say after a connect timeout
     clock.t = 9.5
     assert t.failed(OSError(), "u") == 0.5, "never waits past the bound: the last try is at it"
+    t.attempt()
     clock.t = 10.0
     with pytest.raises(RetriesExhausted) as e:
         t.failed(OSError(), "u")
     assert e.value.elapsed_s == 10.0
-    t.succeeded()  # a stream that opened starts the time again
-    assert t.failed(OSError(), "u") == 1.0
+
+
+def test_the_time_bound_counts_failures_not_a_long_healthy_stream() -> None:
+    """A stream that ran for longer than ``max_elapsed_s`` and then dropped is resumed: the
+    bound is on how long the failures last."""
+    clock = Clock()
+    s = new(retry=Retry(initial_ms=100, max_ms=100, max_elapsed_s=10.0))
+    s.c.backoff = Backoff(s.c.backoff.policy, clock=clock, rand=lambda: 1.0)
+    connect(s).feed(frame(entry(1), "1-0"))
+    clock.t = 3600.0
+    assert s.failed(StreamEndedError("dropped")) == 0.1
+    s.request()
+    clock.t = 3605.0
+    assert s.failed(OSError()) == 0.1, "5 s of failures: still within the bound"
+    s.request()
+    clock.t = 3610.0
+    with pytest.raises(RetriesExhausted):
+        s.failed(OSError())
 
 
 def test_options_are_checked_when_made() -> None:

@@ -16,7 +16,6 @@ import redis
 
 from broker import SyncPublisher
 from gateway.cli.redis_server import RedisServer, free_port
-from gateway.cli.sse_parser import SSEParser
 from tests.support.gateway_process import GatewayProcess
 from tests.support.helpers import read_job
 from tests.support.jobs import Line, publish_job
@@ -100,15 +99,6 @@ def test_exit_status_follows_the_job_and_usage_errors(redis_server: RedisServer,
     lines = results[0][0].splitlines()
     assert len(lines) == 4 and "INFO" in lines[0] and "s/w #1 line 0" in lines[0]
     assert "invalid_job" in results[2][1] and "invalid_level" in results[3][1]
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
-def test_sse_parser_handles_any_chunking(size: int) -> None:
-    raw = b"retry: 10\n\nid: 1\ndata: a\n\n: c\r\nid: 2\r\n\r\nevent: end\rid: 3\rdata: x\rdata: y\r\r"
-    parser = SSEParser()
-    got = [m for i in range(0, len(raw), size) for m in parser.feed(raw[i : i + size])]
-    assert [(m.event, m.data, m.id) for m in got] == [("message", "a", "1"), ("end", "x\ny", "3")]
-    assert parser.last_id == "3" and parser.retry_ms == 10
 
 
 def test_tail_and_demo_work_when_the_gateway_requires_a_token(
