@@ -192,3 +192,29 @@ def test_tail_gives_up_on_a_gateway_it_cannot_reach(tmp_path: Path) -> None:
     assert no_scheme.returncode == 2 and "must start with http://" in no_scheme.stderr
     assert unreachable.returncode == 4, unreachable.stderr
     assert "cannot reach" in unreachable.stderr and time.monotonic() - started < 15
+
+
+@pytest.mark.slow
+def test_retry_for_bounds_the_failures_not_how_long_the_stream_ran(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A tail that had followed for longer than ``--retry-for`` gave up at the first clean end of
+    its stream (a gateway shutting down), with "cannot reach", instead of resuming."""
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log", retry_ms=100).start()
+    try:
+        proc = tail(gw, "long", "--json", "--retry-for", "8")
+        publisher = threading.Thread(
+            target=publish_slowly, args=(redis_server.url, "long", 1000, "completed", 0.01)
+        )
+        publisher.start()
+        time.sleep(10.0)  # longer than --retry-for, all of it streaming
+        assert publisher.is_alive(), "the restart must come mid-job"
+        gw.stop()  # SIGTERM: the gateway ends its streams cleanly
+        gw.start()
+        publisher.join()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gw.stop()
+    assert proc.returncode == 0, err
+    printed = [json.loads(line)["id"] for line in out.splitlines()]
+    assert printed == [e["id"] for e in read_job(redis.Redis.from_url(redis_server.url), "long")]
