@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Generic, Literal, Self, TypeVar, Unpack, cast, overload
 
 import httpx
 from httpx_sse import EventSource
@@ -18,15 +18,24 @@ from httpx_sse import EventSource
 from .entries import LogEntry
 from .errors import ServerError, StreamEnded
 from .responses import ERROR_BODY_BYTES
-from .retry import Retry
-from .state import FollowState, Gaps, Item, Kind, ReplayState, RetryHook, follow_state, replay_state
+from .state import (
+    FollowOptions,
+    FollowState,
+    Gaps,
+    Item,
+    ReadOptions,
+    ReplayState,
+    follow_state,
+    replay_state,
+)
 
 # read: 4 heartbeats (docs/design.md §5, 15 s): a half-open connection is found and resumed
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=60.0, write=10.0, pool=10.0)
 RETRYABLE = (httpx.TransportError, ServerError, StreamEnded)
+T = TypeVar("T", bound=Item)  # what an iterator yields: entries, or entries and markers (gaps="yield")
 
 
-class _Source:
+class _Source(Generic[T]):
     """An async iterator and context manager over ``_run``; closes what it owns when done."""
 
     def __init__(self, client: httpx.AsyncClient | None, timeout: httpx.Timeout | None) -> None:
@@ -47,13 +56,13 @@ class _Source:
     def __aiter__(self) -> Self:
         return self
 
-    async def __anext__(self) -> Item:
+    async def __anext__(self) -> T:
         if self._closed:
             raise StopAsyncIteration
         if self._items is None:
             self._items = self._run(self._http())
         try:
-            return await anext(self._items)
+            return cast(T, await anext(self._items))
         except Exception:  # StopAsyncIteration included: nothing more will come
             await self.aclose()
             raise
@@ -77,7 +86,7 @@ class _Source:
         raise NotImplementedError
 
 
-class Follow(_Source):
+class Follow(_Source[T]):
     """``async with follow(...) as entries: async for e in entries``: see :func:`follow`."""
 
     def __init__(self, state: FollowState, client: httpx.AsyncClient | None, timeout: httpx.Timeout | None):
@@ -129,7 +138,7 @@ class Follow(_Source):
                 await asyncio.sleep(s.failed(e))
 
 
-class Replay(_Source):
+class Replay(_Source[T]):
     """``async with read(...) as entries: async for e in entries``: see :func:`read`."""
 
     def __init__(self, state: ReplayState, client: httpx.AsyncClient | None, timeout: httpx.Timeout | None):
@@ -160,61 +169,78 @@ async def _head(r: httpx.Response) -> bytes:
     return bytes(body)
 
 
+@overload
 def follow(
     base_url: str | Sequence[str],
     job: str,
     *,
-    after: str | None = None,
-    tail: int | None = None,
-    step: str | None = None,
-    worker: str | None = None,
-    level: str | None = None,
-    kind: Kind | None = None,
-    token: str | None = None,
-    gaps: Gaps = "raise",
-    retry: Retry | None = None,
-    on_retry: RetryHook | None = None,
+    gaps: Literal["raise"] = "raise",
     client: httpx.AsyncClient | None = None,
     timeout: httpx.Timeout | None = None,
-) -> Follow:
+    **options: Unpack[FollowOptions],
+) -> Follow[LogEntry]: ...
+@overload
+def follow(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Literal["yield"],
+    client: httpx.AsyncClient | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[FollowOptions],
+) -> Follow[Item]: ...
+def follow(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Gaps = "raise",
+    client: httpx.AsyncClient | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[FollowOptions],
+) -> Follow[Any]:
     """Follow a job's stream to its end entry (yielded last), resuming through any failure.
 
-    Start (docs/design.md §5): ``after`` (a stream id; ``"$"``: only entries written from now),
-    else ``tail=N`` (the N newest matching, then live), else the beginning. ``step``, ``worker``,
-    ``level`` (minimum) and ``kind`` (one or several) filter. ``gaps="yield"`` yields
-    :class:`Gap`/:class:`Reset` markers instead of raising :class:`GapError`/:class:`ResetError`.
-    Several base URLs are tried in turn after failures. Iteration ends after the end entry, or at
-    once when the gateway answers 204 (``past_end``)."""
-    state = follow_state(base_url, job, after=after, tail=tail, step=step, worker=worker, level=level,
-                         kind=kind, token=token, gaps=gaps, retry=retry, on_retry=on_retry)  # fmt: skip
-    return Follow(state, client, timeout)
+    Options (:class:`~broker.client.state.FollowOptions`): the start (``after``, ``tail``),
+    filters, ``token``, ``retry``, ``on_retry``. Lost data raises :class:`GapError` /
+    :class:`ResetError`; with ``gaps="yield"`` it comes as :class:`Gap` / :class:`Reset` markers
+    among the entries. Several base URLs are tried in turn after failures. Iteration ends after
+    the end entry, or at once when the gateway answers 204 (``past_end``). ``client``: an
+    ``httpx.AsyncClient`` to use (yours to close); ``timeout`` per request (read: 60 s)."""
+    return Follow(follow_state(base_url, job, gaps=gaps, **options), client, timeout)
 
 
+@overload
 def read(
     base_url: str | Sequence[str],
     job: str,
     *,
-    after: str | None = None,
-    before: str | None = None,
-    step: str | None = None,
-    worker: str | None = None,
-    level: str | None = None,
-    kind: Kind | None = None,
-    order: str = "asc",
-    limit: int | None = None,
-    page_size: int = 1000,
-    token: str | None = None,
-    gaps: Gaps = "raise",
-    retry: Retry | None = None,
-    on_retry: RetryHook | None = None,
+    gaps: Literal["raise"] = "raise",
     client: httpx.AsyncClient | None = None,
     timeout: httpx.Timeout | None = None,
-) -> Replay:
-    """The job's stored entries between ``after`` and ``before`` (both exclusive), in ``order``,
-    at most ``limit`` of them, fetched ``page_size`` at a time (at most the gateway's
-    ``LOGBROKER_REPLAY_MAX_LIMIT``) by following each page's ``next``. A trimmed range surfaces
-    as for :func:`follow`; an unknown job is :class:`NotFound` (``job_not_found``)."""
-    state = replay_state(base_url, job, after=after, before=before, step=step, worker=worker,
-                         level=level, kind=kind, order=order, limit=limit, page_size=page_size,
-                         token=token, gaps=gaps, retry=retry, on_retry=on_retry)  # fmt: skip
-    return Replay(state, client, timeout)
+    **options: Unpack[ReadOptions],
+) -> Replay[LogEntry]: ...
+@overload
+def read(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Literal["yield"],
+    client: httpx.AsyncClient | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[ReadOptions],
+) -> Replay[Item]: ...
+def read(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Gaps = "raise",
+    client: httpx.AsyncClient | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[ReadOptions],
+) -> Replay[Any]:
+    """The job's stored entries, page after page of ``GET /v1/jobs/{job}/logs`` (each from the
+    last ``next``). Options (:class:`~broker.client.state.ReadOptions`): ``after``, ``before``,
+    ``order``, ``limit``, ``page_size``, filters, ``token``, ``retry``, ``on_retry``. A trimmed
+    range surfaces as for :func:`follow`, where the hole is; an unknown job is :class:`NotFound`
+    (``job_not_found``)."""
+    return Replay(replay_state(base_url, job, gaps=gaps, **options), client, timeout)

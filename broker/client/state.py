@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypedDict, Unpack
 from urllib.parse import quote
 
 from ..errors import InvalidConfig
@@ -298,44 +298,64 @@ class ReplayState:
         return self.c.failed(error)
 
 
+class CommonOptions(TypedDict, total=False):
+    """Options of every read: filters (docs/design.md §5, as the stream and replay take them),
+    the token (sent as ``Authorization: Bearer``), the retry bounds and a hook told of retries."""
+
+    step: str | None
+    worker: str | None
+    level: str | None  # the minimum level
+    kind: Kind | None  # one kind or several
+    token: str | None
+    retry: Retry | None  # default Retry()
+    on_retry: RetryHook | None
+
+
+class FollowOptions(CommonOptions, total=False):
+    """``after``: a stream id, or ``"$"`` (only what is written from now); else ``tail``: the N
+    newest matching entries, then live; else the job from its beginning (docs/design.md §5)."""
+
+    after: str | None
+    tail: int | None
+
+
+class ReadOptions(CommonOptions, total=False):
+    """``after``/``before``: exclusive bounds; ``order`` asc (default) or desc; ``limit``: at most
+    that many entries in all; ``page_size`` per request (default 1000, at most the gateway's
+    ``LOGBROKER_REPLAY_MAX_LIMIT``)."""
+
+    after: str | None
+    before: str | None
+    order: str
+    limit: int | None
+    page_size: int
+
+
+def _common(
+    base_url: str | Sequence[str], job: str, gaps: Gaps, o: CommonOptions, known: frozenset[str]
+) -> _Common:
+    if unknown := set(o) - known:  # what a type checker says, said at run time: no silent default
+        raise TypeError(f"unexpected options {sorted(unknown)}; the options are {sorted(known)}")
+    return common(
+        base_url, job, step=o.get("step"), worker=o.get("worker"), level=o.get("level"),
+        kind=o.get("kind"), token=o.get("token"), gaps=gaps, retry=o.get("retry") or Retry(),
+        on_retry=o.get("on_retry"),
+    )  # fmt: skip
+
+
 def follow_state(
-    base_url: str | Sequence[str],
-    job: str,
-    *,
-    after: str | None,
-    tail: int | None,
-    step: str | None,
-    worker: str | None,
-    level: str | None,
-    kind: Kind | None,
-    token: str | None,
-    gaps: Gaps,
-    retry: Retry | None,
-    on_retry: RetryHook | None,
+    base_url: str | Sequence[str], job: str, *, gaps: Gaps = "raise", **options: Unpack[FollowOptions]
 ) -> FollowState:
-    c = common(base_url, job, step=step, worker=worker, level=level, kind=kind, token=token,
-               gaps=gaps, retry=retry or Retry(), on_retry=on_retry)  # fmt: skip
-    return FollowState(c, after=after, tail=tail)
+    c = _common(base_url, job, gaps, options, FollowOptions.__optional_keys__)
+    return FollowState(c, options.get("after"), options.get("tail"))
 
 
 def replay_state(
-    base_url: str | Sequence[str],
-    job: str,
-    *,
-    after: str | None,
-    before: str | None,
-    step: str | None,
-    worker: str | None,
-    level: str | None,
-    kind: Kind | None,
-    order: str,
-    limit: int | None,
-    page_size: int,
-    token: str | None,
-    gaps: Gaps,
-    retry: Retry | None,
-    on_retry: RetryHook | None,
+    base_url: str | Sequence[str], job: str, *, gaps: Gaps = "raise", **options: Unpack[ReadOptions]
 ) -> ReplayState:
-    c = common(base_url, job, step=step, worker=worker, level=level, kind=kind, token=token,
-               gaps=gaps, retry=retry or Retry(), on_retry=on_retry)  # fmt: skip
-    return ReplayState(c, after=after, before=before, order=order, limit=limit, page_size=page_size)
+    o = options
+    c = _common(base_url, job, gaps, o, ReadOptions.__optional_keys__)
+    return ReplayState(
+        c, after=o.get("after"), before=o.get("before"), order=o.get("order", "asc"),
+        limit=o.get("limit"), page_size=o.get("page_size", 1000),
+    )  # fmt: skip

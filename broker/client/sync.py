@@ -11,19 +11,27 @@ from __future__ import annotations
 import time
 from collections.abc import Generator, Sequence
 from types import TracebackType
-from typing import Self
+from typing import Any, Generic, Literal, Self, Unpack, cast, overload
 
 import httpx
 from httpx_sse import EventSource
 
-from .aio import DEFAULT_TIMEOUT, RETRYABLE
+from .aio import DEFAULT_TIMEOUT, RETRYABLE, T
 from .entries import LogEntry
 from .responses import ERROR_BODY_BYTES
-from .retry import Retry
-from .state import FollowState, Gaps, Item, Kind, ReplayState, RetryHook, follow_state, replay_state
+from .state import (
+    FollowOptions,
+    FollowState,
+    Gaps,
+    Item,
+    ReadOptions,
+    ReplayState,
+    follow_state,
+    replay_state,
+)
 
 
-class _Source:
+class _Source(Generic[T]):
     """An iterator and context manager over ``_run``; closes what it owns when done."""
 
     def __init__(self, client: httpx.Client | None, timeout: httpx.Timeout | None) -> None:
@@ -44,13 +52,13 @@ class _Source:
     def __iter__(self) -> Self:
         return self
 
-    def __next__(self) -> Item:
+    def __next__(self) -> T:
         if self._closed:
             raise StopIteration
         if self._items is None:
             self._items = self._run(self._http())
         try:
-            return next(self._items)
+            return cast(T, next(self._items))
         except Exception:  # StopIteration included: nothing more will come
             self.close()
             raise
@@ -74,7 +82,7 @@ class _Source:
         raise NotImplementedError
 
 
-class FollowSync(_Source):
+class FollowSync(_Source[T]):
     """``with follow_sync(...) as entries: for e in entries``: see :func:`follow_sync`."""
 
     def __init__(self, state: FollowState, client: httpx.Client | None, timeout: httpx.Timeout | None):
@@ -124,7 +132,7 @@ class FollowSync(_Source):
                 time.sleep(s.failed(e))
 
 
-class ReplaySync(_Source):
+class ReplaySync(_Source[T]):
     """``with read_sync(...) as entries: for e in entries``: see :func:`read_sync`."""
 
     def __init__(self, state: ReplayState, client: httpx.Client | None, timeout: httpx.Timeout | None):
@@ -153,51 +161,67 @@ def _head(r: httpx.Response) -> bytes:
     return bytes(body)
 
 
+@overload
 def follow_sync(
     base_url: str | Sequence[str],
     job: str,
     *,
-    after: str | None = None,
-    tail: int | None = None,
-    step: str | None = None,
-    worker: str | None = None,
-    level: str | None = None,
-    kind: Kind | None = None,
-    token: str | None = None,
-    gaps: Gaps = "raise",
-    retry: Retry | None = None,
-    on_retry: RetryHook | None = None,
+    gaps: Literal["raise"] = "raise",
     client: httpx.Client | None = None,
     timeout: httpx.Timeout | None = None,
-) -> FollowSync:
-    """:func:`broker.client.follow` for threads: the same arguments, a plain iterator."""
-    state = follow_state(base_url, job, after=after, tail=tail, step=step, worker=worker, level=level,
-                         kind=kind, token=token, gaps=gaps, retry=retry, on_retry=on_retry)  # fmt: skip
-    return FollowSync(state, client, timeout)
+    **options: Unpack[FollowOptions],
+) -> FollowSync[LogEntry]: ...
+@overload
+def follow_sync(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Literal["yield"],
+    client: httpx.Client | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[FollowOptions],
+) -> FollowSync[Item]: ...
+def follow_sync(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Gaps = "raise",
+    client: httpx.Client | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[FollowOptions],
+) -> FollowSync[Any]:
+    """:func:`broker.client.follow` for threads: the same options, a plain iterator."""
+    return FollowSync(follow_state(base_url, job, gaps=gaps, **options), client, timeout)
 
 
+@overload
 def read_sync(
     base_url: str | Sequence[str],
     job: str,
     *,
-    after: str | None = None,
-    before: str | None = None,
-    step: str | None = None,
-    worker: str | None = None,
-    level: str | None = None,
-    kind: Kind | None = None,
-    order: str = "asc",
-    limit: int | None = None,
-    page_size: int = 1000,
-    token: str | None = None,
-    gaps: Gaps = "raise",
-    retry: Retry | None = None,
-    on_retry: RetryHook | None = None,
+    gaps: Literal["raise"] = "raise",
     client: httpx.Client | None = None,
     timeout: httpx.Timeout | None = None,
-) -> ReplaySync:
-    """:func:`broker.client.read` for threads: the same arguments, a plain iterator."""
-    state = replay_state(base_url, job, after=after, before=before, step=step, worker=worker,
-                         level=level, kind=kind, order=order, limit=limit, page_size=page_size,
-                         token=token, gaps=gaps, retry=retry, on_retry=on_retry)  # fmt: skip
-    return ReplaySync(state, client, timeout)
+    **options: Unpack[ReadOptions],
+) -> ReplaySync[LogEntry]: ...
+@overload
+def read_sync(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Literal["yield"],
+    client: httpx.Client | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[ReadOptions],
+) -> ReplaySync[Item]: ...
+def read_sync(
+    base_url: str | Sequence[str],
+    job: str,
+    *,
+    gaps: Gaps = "raise",
+    client: httpx.Client | None = None,
+    timeout: httpx.Timeout | None = None,
+    **options: Unpack[ReadOptions],
+) -> ReplaySync[Any]:
+    """:func:`broker.client.read` for threads: the same options, a plain iterator."""
+    return ReplaySync(replay_state(base_url, job, gaps=gaps, **options), client, timeout)

@@ -32,6 +32,7 @@ from broker.client import (
     ServerError,
     follow,
 )
+from broker.client.state import Item
 
 _COLORS = {
     "debug": "\x1b[2m",
@@ -136,7 +137,7 @@ class Tail:
             return EXIT_NOTHING_MATCHED
         return 0 if self.final_status in SUCCESS else 1
 
-    async def _show_all(self, entries: Follow) -> None:
+    async def _show_all(self, entries: Follow[Item]) -> None:
         async for item in entries:
             if isinstance(item, Gap):
                 self._say(f"entries before {item.first_available} were trimmed")

@@ -319,6 +319,10 @@ def test_options_are_checked_when_made() -> None:
             Retry(**retry)
     with pytest.raises(InvalidConfig):
         replay(order="up")
+    with pytest.raises(TypeError, match="unexpected options \\['levle'\\]"):
+        follow_state(BASE, "j", levle="error")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected options \\['tail'\\]"):
+        replay_state(BASE, "j", tail=5)  # type: ignore[call-arg]
 
 
 # --- replay pages --------------------------------------------------------------------------------
