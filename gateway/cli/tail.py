@@ -125,6 +125,7 @@ class Tail:
                 self._say(str(e))
                 return 2
             finally:
+                self.cursor = entries.cursor or self.cursor  # "$" pinned, id-only events counted
                 self._save_cursor()
             if entries.past_end:  # the cursor was past the end already: what matched was shown before
                 try:
@@ -147,7 +148,6 @@ class Tail:
                 self._show(item)
             self.cursor = entries.cursor
             self._save_cursor()
-        self.cursor = entries.cursor or self.cursor
 
     def _show(self, entry: LogEntry) -> None:
         text = json.dumps(entry.to_dict()) if self.o.as_json else format_line(entry, self.o.color)
