@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
@@ -270,3 +271,41 @@ async def test_read_surfaces_a_trimmed_range(make_gateway: MakeGateway, redis_se
     async with read(url, "cut", after=first, gaps="yield", limit=3) as entries:
         got = [x async for x in entries]
     assert got[0] == Gap(first, oldest, "trimmed") and len(got) == 4
+
+
+async def test_leaving_the_block_closes_the_stream_and_a_given_client_stays_open(
+    make_gateway: MakeGateway, redis_server: RedisServer
+) -> None:
+    publish(redis_server.url, "open", 20, end=None)
+    gw = await make_gateway()
+    url = base(gw)
+
+    async def clients() -> int:
+        return int((await (await gw.get("/readyz")).json())["clients"])
+
+    async def until(n: int) -> None:
+        for _ in range(200):
+            if await clients() == n:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"clients != {n}: {await clients()}")
+
+    async with follow(url, "open") as entries:
+        assert [(await anext(entries)).line for _ in range(3)] == [1, 2, 3]
+        await until(1)
+    await until(0)
+    assert [e async for e in entries] == [], "a closed follow yields nothing more"
+
+    def in_a_thread() -> None:
+        with follow_sync(url, "open") as entries:
+            next(entries)
+            asyncio.run_coroutine_threadsafe(until(1), loop).result(10)
+        asyncio.run_coroutine_threadsafe(until(0), loop).result(10)
+
+    loop = asyncio.get_running_loop()
+    await asyncio.to_thread(in_a_thread)
+    async with httpx.AsyncClient() as mine:
+        async with follow(url, "open", client=mine) as entries:
+            await anext(entries)
+        await until(0)
+        assert (await mine.get(f"{url}/healthz")).status_code == 200, "the caller's client is not closed"
