@@ -6,7 +6,9 @@ Hierarchy::
     ├── InvalidEntry        (also a ValueError) bad job id, level, name, fields, size...
     ├── InvalidConfig       (also a ValueError) a setting or keyword argument out of range
     ├── CodecError          stored bytes that cannot be decoded (corruption, foreign writer)
-    └── PublisherClosed     publishing after close()/aclose()
+    ├── PublisherClosed     publishing after close()/aclose()
+    └── ClientError         the consumer client's errors (refusals, retries exhausted, gaps...):
+                            their tree is drawn in broker/client/errors.py
 
 Redis errors are classified (retryable or not) in ``broker.delivery.is_retryable``, never leaked as-is
 through the publisher's delivery report.

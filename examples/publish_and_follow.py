@@ -1,13 +1,12 @@
 """A worker publishes a job's logs; a client follows them over SSE: python examples/publish_and_follow.py"""
 
 import asyncio
-import json
 import tempfile
 
-import aiohttp
 from aiohttp import web
 
 from broker import Publisher
+from broker.client import follow
 from gateway.api import create_app
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
@@ -24,12 +23,10 @@ async def worker(redis_url: str) -> None:
         await job.end("completed")
 
 
-async def follow(base: str) -> None:
-    async with aiohttp.ClientSession() as http, http.get(f"{base}/v1/jobs/demo-1/stream") as resp:
-        async for line in resp.content:  # one `data:` line per entry; the server closes after `end`
-            if line.startswith(b"data: "):
-                e = json.loads(line[6:])
-                print(f"{e['line']:>3} {e['step'] or '-':8} {e['worker'] or '-':5} {e['level']:7} {e['msg']}")
+async def watch(base: str) -> None:
+    async with follow(base, "demo-1") as entries:  # resumes after drops; the end entry comes last
+        async for e in entries:
+            print(f"{e.line:>3} {e.step or '-':8} {e.worker or '-':5} {e.level:7} {e.msg}")
 
 
 async def main() -> None:
@@ -39,7 +36,7 @@ async def main() -> None:
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     base = "http://{}:{}".format(*runner.addresses[0])
     try:
-        await asyncio.gather(follow(base), worker(redis.url))
+        await asyncio.gather(watch(base), worker(redis.url))
     finally:
         await runner.cleanup()
         redis.stop()

@@ -7,8 +7,7 @@ Hierarchy::
         ├── ApiError                an error answer: status, ``code``, message, headers (docs/design.md §5)
         │   └── RedisUnavailable    503 ``redis_unavailable``: retry later (Retry-After)
         ├── ClientGone              an SSE client disconnected, or stopped reading (gateway.live)
-        ├── RedisServerError        the embedded redis-server cannot start (gateway.cli)
-        └── GatewayRefused          the gateway answered a 4xx that retrying cannot fix (gateway.cli)
+        └── RedisServerError        the embedded redis-server cannot start (gateway.cli)
 
 Redis errors become answers in :func:`redis_failure` only: retryable ones (connection lost,
 timeout, loading, failover, as ``broker.delivery.is_retryable`` classifies them) are a 503, the
@@ -52,10 +51,6 @@ class ClientGone(GatewayError):
 
 class RedisServerError(GatewayError):
     """No redis-server binary, or it did not come up; the message says which and what to do."""
-
-
-class GatewayRefused(GatewayError):
-    """The gateway refused a request (bad job id or parameter, no access): retrying cannot help."""
 
 
 def bad_request(code: str, message: str) -> ApiError:

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     tail = sub.add_parser("tail", help="follow a job's log; resumes after drops and restarts")
     tail.add_argument("job")
     tail.add_argument("--url", help="gateway base URL (default http://LOGBROKER_HOST:LOGBROKER_PORT)")
-    tail.add_argument("--after", help="start after this entry id")
+    tail.add_argument("--after", help="start after this entry id ($: only entries from now)")
     tail.add_argument("--tail", type=int, metavar="N", help="start with the N newest matching entries")
     tail.add_argument("--step")
     tail.add_argument("--worker")

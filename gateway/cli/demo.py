@@ -1,28 +1,25 @@
 """``logbroker demo``: embedded Redis, a gateway, and the job-generator fleet in worker processes.
 
-It prints where to watch first, follows the job with a built-in SSE client like any other, and
+It prints where to watch first, follows the job with ``broker.client`` like any other consumer, and
 ends with a delivery report: published, stored, delivered to the follower, lost (must be 0).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-import aiohttp
 from aiohttp import web
 
 from broker import Publisher
-from broker.delivery import Backoff
+from broker.client import LogEntry, follow
 
 from ..api import create_app
 from ..api.auth import mint_token
 from ..settings import GatewaySettings
 from .serve import gateway_runner, redis_for
-from .sse_parser import SSEParser
 from .workload import StepSpec, expected_entries, run_step
 
 
@@ -36,38 +33,25 @@ class FollowerReport:
     lines: dict[str | None, int] = field(default_factory=lambda: defaultdict(int))
 
 
-async def follow(base_url: str, job: str, report: FollowerReport, token: str | None = None) -> None:
-    """Read the job's stream to its end event, resuming by Last-Event-ID after any error."""
+async def follow_job(base_url: str, job: str, report: FollowerReport, token: str | None = None) -> None:
+    """Read the job's stream to its end entry with ``broker.client`` (which resumes by cursor
+    after any failure); what arrives is counted and checked, not trusted."""
     seen: set[str] = set()
-    last_id = ""
-    backoff = Backoff(100, 2000)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=60)) as http:
-        while not report.ended:
-            report.connections += 1
-            try:
-                headers = {"Last-Event-ID": last_id} if last_id else {}
-                if token:
-                    headers["Authorization"] = f"Bearer {token}"
-                async with http.get(f"{base_url}/v1/jobs/{job}/stream", headers=headers) as resp:
-                    parser = SSEParser()
-                    async for chunk in resp.content.iter_any():
-                        for message in parser.feed(chunk):
-                            _count(report, seen, json.loads(message.data))
-                            report.ended = report.ended or message.event == "end"
-                        last_id = parser.last_id or last_id
-            except (aiohttp.ClientError, TimeoutError, ConnectionError):
-                await asyncio.sleep(backoff.next_delay_s())
+    async with follow(base_url, job, token=token) as entries:
+        async for entry in entries:
+            _count(report, seen, entry)
+        report.connections = entries.connections
+        report.ended = entries.end is not None
 
 
-def _count(report: FollowerReport, seen: set[str], entry: dict[str, object]) -> None:
-    if entry["id"] in seen:
+def _count(report: FollowerReport, seen: set[str], entry: LogEntry) -> None:
+    if entry.id in seen:
         report.duplicates += 1
         return
-    seen.add(str(entry["id"]))
+    seen.add(entry.id)
     report.delivered += 1
-    step = entry["step"] if isinstance(entry["step"], str) else None
-    report.lines[step] += 1
-    if entry["line"] != report.lines[step]:
+    report.lines[entry.step] += 1
+    if entry.line != report.lines[entry.step]:
         report.line_errors += 1
 
 
@@ -89,7 +73,7 @@ async def _run(settings: GatewaySettings, url: str, steps: list[StepSpec], proce
     report = FollowerReport()
     secret = settings.auth_secret.get_secret_value() if settings.auth_secret else None
     token = mint_token(secret, jobs=job, scopes=["read"], ttl_s=86400) if secret else None
-    follower = asyncio.create_task(follow(base, job, report, token))
+    follower = asyncio.create_task(follow_job(base, job, report, token))
     published, not_stored = await _publish(url, job, steps, processes)
     await asyncio.wait_for(follower, 120)
     return _report(job, steps, published, not_stored, report)

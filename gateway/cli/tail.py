@@ -1,30 +1,38 @@
 """``logbroker tail JOB``: follow a job from a terminal, through drops and gateway restarts.
 
-The cursor is the last event id; every reconnect sends it as ``Last-Event-ID``, so a line is
-never printed twice and none is skipped. With ``--cursor-file`` the cursor also survives this
-process. Exit status: 0 when the job completed, 1 when it ended otherwise, 2 on a usage error
-(the gateway refused the request, or the URL is not http(s)), 3 when a filter matched no entry of
-the ended job, 4 when the gateway could not be reached for ``retry_for_s``, 141 when standard
-output was closed (``logbroker tail JOB | head``), quietly, like a tool ended by SIGPIPE.
+The following itself is ``broker.client.follow``: it resumes from its cursor after every failure,
+so a line is never printed twice and none is skipped; this module prints, keeps ``--cursor-file``
+(the cursor survives this process too) and turns outcomes into exit statuses: 0 when the job
+completed, 1 when it ended otherwise, 2 on a usage error (the gateway refused the request, or the
+URL is not http(s)), 3 when a filter matched no entry of the ended job, 4 when the gateway could
+not be reached for ``retry_for_s``, 141 when standard output was closed (``logbroker tail JOB |
+head``), quietly, like a tool ended by SIGPIPE.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 from urllib.parse import quote
 
-import aiohttp
+import httpx
 
-from broker.delivery import Backoff
-
-from ..errors import GatewayRefused
-from .sse_parser import Message, SSEParser
+from broker.client import (
+    ClientError,
+    Follow,
+    Gap,
+    LogEntry,
+    Reset,
+    RetriesExhausted,
+    Retry,
+    ServerError,
+    follow,
+)
+from broker.client.state import Item
 
 _COLORS = {
     "debug": "\x1b[2m",
@@ -53,15 +61,13 @@ class TailOptions:
     cursor_file: Path | None = None
     color: bool = False
     token: str | None = None  # sent as a Bearer token when the gateways require auth
-    retry_for_s: float = 120.0  # give up when no connection succeeded for this long
+    retry_for_s: float = 120.0  # give up when the gateway failed for this long
 
 
-def format_line(entry: dict[str, Any], color: bool) -> str:
-    where = "/".join(p for p in (entry.get("step"), entry.get("worker")) if p) or "-"
-    ts = str(entry.get("ts", ""))[11:23]
-    level = str(entry.get("level", "info"))
-    text = f"{ts} {level.upper():8} {where} #{entry.get('line')} {entry.get('msg', '')}"
-    start = _COLORS.get(level, "") if color else ""
+def format_line(entry: LogEntry, color: bool) -> str:
+    where = "/".join(p for p in (entry.step, entry.worker) if p) or "-"
+    text = f"{entry.ts[11:23]} {entry.level.upper():8} {where} #{entry.line} {entry.msg}"
+    start = _COLORS.get(entry.level, "") if color else ""
     return f"{start}{text}{_RESET}" if start else text
 
 
@@ -73,8 +79,6 @@ class Tail:
         self.cursor = options.after or self._load_cursor()
         self.final_status: str | None = None
         self.matched = 0  # entries shown, the end entry aside
-        self.resumed_past_end = False  # the cursor was already past the end: what matched was shown before
-        self._said_waiting = False
 
     def _load_cursor(self) -> str:
         f = self.o.cursor_file
@@ -86,20 +90,12 @@ class Tail:
             tmp.write_text(self.cursor)
             os.replace(tmp, self.o.cursor_file)
 
-    def _params(self) -> dict[str, str]:
-        params = {
-            k: v for k, v in (("step", self.o.step), ("worker", self.o.worker), ("level", self.o.level)) if v
-        }
-        if not self.cursor and self.o.tail is not None:
-            params["tail"] = str(self.o.tail)
-        return params
+    def _say(self, text: str) -> None:
+        print(f"logbroker tail: {text}", file=self.err)
 
     async def run(self) -> int:
         if not self.o.base_url.startswith(("http://", "https://")):
-            print(
-                f"logbroker tail: --url must start with http:// or https://, got {self.o.base_url!r}",
-                file=self.err,
-            )
+            self._say(f"--url must start with http:// or https://, got {self.o.base_url!r}")
             return 2
         try:
             return await self._follow()
@@ -108,99 +104,79 @@ class Tail:
             return EXIT_OUTPUT_CLOSED
 
     async def _follow(self) -> int:
-        backoff = Backoff(100, 3000)
-        loop = asyncio.get_running_loop()
-        reached = loop.time()
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_read=120)) as http:
-            while self.final_status is None:
+        o = self.o
+        async with httpx.AsyncClient() as http:
+            if not self.cursor:
+                await self._say_if_waiting(http)
+            entries = follow(
+                o.base_url, o.job, after=self.cursor or None, tail=o.tail, step=o.step, worker=o.worker,
+                level=o.level, token=o.token, gaps="yield", client=http, on_retry=self._retrying,
+                retry=Retry(initial_ms=100, max_ms=3000, max_elapsed_s=o.retry_for_s),
+            )  # fmt: skip
+            try:
+                async with entries:
+                    await self._show_all(entries)
+            except RetriesExhausted as e:
+                last = e.last_error
+                self._say(f"cannot reach {o.base_url} ({type(last).__name__}: {last}); "
+                          f"gave up after {o.retry_for_s:.0f}s")  # fmt: skip
+                return EXIT_UNREACHABLE
+            except ClientError as e:
+                self._say(str(e))
+                return 2
+            finally:
+                self.cursor = entries.cursor or self.cursor  # "$" pinned, id-only events counted
+                self._save_cursor()
+            if entries.past_end:  # the cursor was past the end already: what matched was shown before
                 try:
-                    await self._connect(http)
-                    backoff.reset()
-                    reached = loop.time()
-                except GatewayRefused as e:
-                    print(f"logbroker tail: {e}", file=self.err)
-                    return 2
-                except BrokenPipeError:
-                    raise
-                except (aiohttp.ClientError, TimeoutError, ConnectionError) as e:
-                    if isinstance(e, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
-                        reached = loop.time()  # the gateway answered: it is there, just failing
-                    if loop.time() - reached > self.o.retry_for_s:
-                        print(
-                            f"logbroker tail: cannot reach {self.o.base_url} ({type(e).__name__}: {e}); "
-                            f"gave up after {self.o.retry_for_s:.0f}s",
-                            file=self.err,
-                        )
-                        return EXIT_UNREACHABLE
-                    delay = backoff.next_delay_s()
-                    print(
-                        f"logbroker tail: connection lost ({type(e).__name__}), resuming in {delay:.1f}s",
-                        file=self.err,
-                    )
-                    await asyncio.sleep(delay)
-        self._save_cursor()
-        filtered = bool(self.o.step or self.o.worker or self.o.level)
-        if filtered and self.matched == 0 and not self.resumed_past_end:
-            print(f"logbroker tail: no entry of job {self.o.job} matched the filters", file=self.err)
+                    self.final_status = await self._job_status(http) or "unknown"
+                except httpx.HTTPError as e:
+                    self._say(f"the job has ended, its status could not be read ({type(e).__name__})")
+                return 0 if self.final_status in SUCCESS else 1
+        if (o.step or o.worker or o.level) and self.matched == 0:
+            self._say(f"no entry of job {o.job} matched the filters")
             return EXIT_NOTHING_MATCHED
         return 0 if self.final_status in SUCCESS else 1
 
-    async def _connect(self, http: aiohttp.ClientSession) -> None:
-        headers = {"Last-Event-ID": self.cursor} if self.cursor else {}
-        if self.o.token:
-            headers["Authorization"] = f"Bearer {self.o.token}"
-        url = f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}/stream"
-        async with http.get(url, params=self._params(), headers=headers) as resp:
-            if resp.status == 204:  # we are past the end already
-                self.final_status = await self._job_status(http) or "unknown"
-                self.resumed_past_end = True
-                return
-            if 400 <= resp.status < 500:
-                raise GatewayRefused(f"{resp.status}: {(await resp.text())[:300]}")
-            resp.raise_for_status()
-            await self._say_if_waiting(http)
-            parser = SSEParser()
-            async for chunk in resp.content.iter_any():
-                for message in parser.feed(chunk):
-                    self._show(message)
-                self.cursor = parser.last_id or self.cursor
-                self._save_cursor()
-                if self.final_status is not None:
-                    return
-            raise ConnectionResetError("stream ended before the job did")
+    async def _show_all(self, entries: Follow[Item]) -> None:
+        async for item in entries:
+            if isinstance(item, Gap):
+                self._say(f"entries before {item.first_available} were trimmed")
+            elif isinstance(item, Reset):
+                self._say(f"the job's data was lost ({item.reason}); following it from its new beginning")
+            else:
+                self._show(item)
+            self.cursor = entries.cursor
+            self._save_cursor()
 
-    def _show(self, message: Message) -> None:
-        if message.event == "gap":
-            gap = json.loads(message.data)
-            print(f"logbroker tail: entries before {gap['first_available']} were trimmed", file=self.err)
-            return
-        entry = json.loads(message.data)
-        print(
-            json.dumps(entry) if self.o.as_json else format_line(entry, self.o.color),
-            file=self.out,
-            flush=True,
-        )
-        if message.event == "end":
-            self.final_status = entry.get("status") or "unknown"
+    def _show(self, entry: LogEntry) -> None:
+        text = json.dumps(entry.to_dict()) if self.o.as_json else format_line(entry, self.o.color)
+        print(text, file=self.out, flush=True)
+        if entry.kind == "end":
+            self.final_status = entry.status or "unknown"
         else:
             self.matched += 1
 
-    async def _say_if_waiting(self, http: aiohttp.ClientSession) -> None:
-        """Once: a job that does not exist yet is waited for, and the user is told so."""
-        if self._said_waiting or self.cursor:
-            return
-        self._said_waiting = True
-        if await self._job_status(http) is None:
-            print(f"logbroker tail: job {self.o.job} does not exist yet; waiting for it", file=self.err)
+    def _retrying(self, error: BaseException, delay_s: float) -> None:
+        what = f"the gateway answered {error}" if isinstance(error, ServerError) else (
+            f"connection lost ({type(error).__name__})"
+        )  # fmt: skip
+        self._say(f"{what}, resuming in {delay_s:.1f}s")
 
-    async def _job_status(self, http: aiohttp.ClientSession) -> str | None:
+    async def _say_if_waiting(self, http: httpx.AsyncClient) -> None:
+        """A job that does not exist yet is waited for, and the user is told so."""
+        try:
+            if await self._job_status(http) is None:
+                self._say(f"job {self.o.job} does not exist yet; waiting for it")
+        except httpx.HTTPError:
+            pass  # the gateway is not there (yet): following it says so, and retries
+
+    async def _job_status(self, http: httpx.AsyncClient) -> str | None:
         """The job's status (``"unknown"`` when it has none or cannot be read); ``None``: no such job."""
         headers = {"Authorization": f"Bearer {self.o.token}"} if self.o.token else {}
-        async with http.get(
-            f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}", headers=headers
-        ) as resp:
-            if resp.status == 404:
-                return None
-            if resp.status != 200:
-                return "unknown"
-            return str((await resp.json()).get("status") or "unknown")
+        resp = await http.get(f"{self.o.base_url}/v1/jobs/{quote(self.o.job, safe='')}", headers=headers)
+        if resp.status_code == 404 and b"job_not_found" in resp.content:
+            return None
+        if resp.status_code != 200:
+            return "unknown"
+        return str(resp.json().get("status") or "unknown")

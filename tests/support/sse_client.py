@@ -1,8 +1,6 @@
-"""A WHATWG-conformant SSE reader for tests (httpx + httpx-sse's line decoder).
-
-Per the spec, an event whose data is empty is not dispatched but still sets the last event id;
-``read_events`` follows that rule, and ``follow`` reconnects with ``Last-Event-ID`` like a
-browser's EventSource until the job's end event.
+"""SSE for tests: ``parse`` reads raw stream bytes as WHATWG says (httpx-sse's decoders; an
+event whose data is empty is not dispatched but still sets the last event id), for tests of the
+protocol itself; ``follow`` and ``follow_many`` are consumers, on ``broker.client``.
 """
 
 from __future__ import annotations
@@ -13,8 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+from broker.client import LogEntry, Retry, follow_sync
 
 
 @dataclass
@@ -63,54 +62,39 @@ def follow(
     base_url: str | list[str],
     job: str,
     *,
-    query: str = "",
-    last_id: str = "",
     delay_s: float = 0.0,
     delay_for: int = 0,
     disconnect_every: int = 0,
     timeout_s: float = 120.0,
-) -> tuple[list[Event], int]:
-    """Read a job's stream until its end event, reconnecting after errors or on purpose every
-    ``disconnect_every`` events. Slow readers sleep ``delay_s`` after each of their first
-    ``delay_for`` events. Several base URLs are tried in turn after an error (gateways behind a
-    balancer). Returns the dispatched events and the number of connections made."""
-    bases = [base_url] if isinstance(base_url, str) else base_url
-    got: list[Event] = []
-    connections = failures = 0
+) -> tuple[list[LogEntry], int]:
+    """A consumer of a job's stream to its end entry: ``broker.client.follow_sync``, which resumes
+    by cursor after errors, trying several base URLs in turn (gateways without a balancer).
+    Slow readers sleep ``delay_s`` after each of their first ``delay_for`` entries;
+    ``disconnect_every`` entries the consumer hangs up on purpose and follows again from its
+    cursor. Returns the entries and the number of connection attempts."""
+    got: list[LogEntry] = []
+    connections = 0
+
+    def count(error: BaseException, delay_s: float) -> None:
+        nonlocal connections
+        connections += 1  # the attempt after each failure (a refused connect, a dropped stream)
+
+    cursor: str | None = None
     deadline = time.monotonic() + timeout_s
+    retry = Retry(initial_ms=50, max_ms=1000, max_elapsed_s=timeout_s)
     while time.monotonic() < deadline:
         connections += 1
-        headers = {"Last-Event-ID": last_id} if last_id else {}
-        try:
-            with httpx.stream(
-                "GET",
-                f"{bases[failures % len(bases)]}/v1/jobs/{job}/stream?{query}",
-                headers=headers,
-                timeout=30,
-            ) as r:
-                if r.status_code == 204:
-                    return got, connections
-                r.raise_for_status()
-                out, lines, decoder = Parsed(), SSELineDecoder(), SSEDecoder()
-                for chunk in r.iter_text():
-                    for line in lines.decode(chunk):
-                        event = _feed(out, decoder, line)
-                        last_id = out.last_id or last_id
-                        if event is None:
-                            continue
-                        got.append(event)
-                        if event.event == "end":
-                            return got, connections
-                        if delay_s and len(got) <= delay_for:
-                            time.sleep(delay_s)
-                        if disconnect_every and len(got) % disconnect_every == 0:
-                            raise ConnectionAbortedError("disconnecting on purpose")
-        except httpx.HTTPError:
-            failures += 1  # try the next gateway
-            time.sleep(0.05)
-        except ConnectionAbortedError:
-            time.sleep(0.05)
-    raise TimeoutError(f"no end event for {job} within {timeout_s}s ({len(got)} events)")
+        with follow_sync(base_url, job, after=cursor, retry=retry, on_retry=count) as entries:
+            for e in entries:
+                got.append(e)
+                if delay_s and len(got) <= delay_for:
+                    time.sleep(delay_s)
+                if disconnect_every and len(got) % disconnect_every == 0 and e.kind != "end":
+                    break
+            cursor = entries.cursor or None
+            if entries.end is not None or entries.past_end:
+                return got, connections
+    raise TimeoutError(f"no end entry for {job} within {timeout_s}s ({len(got)} entries)")
 
 
 def follow_many(args: tuple[str | list[str], str, int]) -> list[tuple[list[str], int]]:

@@ -9,6 +9,7 @@ heartbeats pass, and Authorization and the body limit behave.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import shutil
@@ -27,6 +28,7 @@ import pytest
 import redis
 
 from broker import SyncPublisher
+from broker.client import LogEntry, Retry, follow
 from gateway.api.auth import mint_token
 from gateway.cli.redis_server import RedisServer, free_port
 from tests.support.compose import render_nginx_conf
@@ -253,3 +255,42 @@ def test_authorization_and_the_body_limit_through_nginx(redis_server: RedisServe
             assert too_long.status_code == 431 and too_long.json()["error"]["code"] == "header_too_large"
     finally:
         _stop(gateways, nginx)
+
+
+async def test_broker_client_follows_through_nginx_onto_the_second_gateway_exactly_once(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """``broker.client.follow`` through nginx: the gateway serving it is SIGKILLed mid-stream;
+    nginx answers the reconnect from the other one (or 502 first, which is retried), and the
+    client ends with exactly the stored stream, the end entry last."""
+    job = "ngx-client"
+    gateways = _gateways(redis_server.url, tmp_path, heartbeat_s=0.5, retry_ms=50)
+    nginx = NginxProcess(tmp_path / "nginx", gateways)
+    got: list[str] = []
+
+    async def consume() -> int:
+        async with follow(nginx.url, job, retry=Retry(initial_ms=20, max_ms=200, max_elapsed_s=30)) as es:
+            async for e in es:
+                assert isinstance(e, LogEntry)
+                got.append(e.id)
+            return es.connections
+
+    try:
+        _start(gateways, nginx)
+        publisher = threading.Thread(target=publish_paced, args=(redis_server.url, job, 3000, 0.05))
+        publisher.start()
+        follower = asyncio.ensure_future(consume())
+        while len(got) < 500:
+            assert publisher.is_alive() and not follower.done(), "the kill must come mid-stream"
+            await asyncio.sleep(0.01)
+        counts = [await asyncio.to_thread(_clients_on, g) for g in gateways]
+        assert sorted(counts) == [0, 1], "one gateway holds the client's stream"
+        gateways[counts.index(1)].kill()
+        assert publisher.is_alive(), "the kill came mid-stream"
+        connections = await asyncio.wait_for(follower, 60)
+        await asyncio.to_thread(publisher.join)
+    finally:
+        _stop(gateways, nginx)
+    stored = [e["id"] for e in read_job(redis.Redis.from_url(redis_server.url), job)]
+    assert len(stored) == 3001 and got == stored, "0 lost, 0 duplicated, in order"
+    assert connections >= 2

@@ -26,8 +26,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from broker.client import LogEntry, follow_sync
 from gateway.cli.redis_server import RedisServer
-from gateway.cli.sse_parser import SSEParser
 from tests.support.gateway_process import GatewayProcess
 from tests.support.jobs import publish_steps
 from tests.support.sse_client import parse
@@ -401,11 +401,8 @@ def test_sse_injection_through_msg_and_fields_stays_data(gateway: GatewayProcess
     assert [e["msg"] for e in got[:-1]] == INJECTIONS
     assert [e["fields"] for e in got[:-1]] == [p["fields"] for p in posted[:-1]]
     assert got[-1]["msg"].endswith(INJECTIONS[0]) and got[-1]["kind"] == "end"
-    ours = SSEParser()
-    messages = ours.feed(stream.body)
-    assert [(m.event, m.id, json.loads(m.data)) for m in messages] == [
-        (e.event, e.id, e.json()) for e in parsed.events
-    ]
+    with follow_sync(gateway.url, "inject") as consumer:  # the consumer API reads the same
+        assert [e.to_dict() for e in consumer if isinstance(e, LogEntry)] == got
     assert stream.body.count(b"\n\n") == 1 + len(posted)  # retry, then one blank line per event
     again = send(gateway.url, "GET", "/v1/jobs/inject/stream", {"Last-Event-ID": ids[-1]})
     assert again.status == 204

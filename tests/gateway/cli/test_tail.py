@@ -16,7 +16,6 @@ import redis
 
 from broker import SyncPublisher
 from gateway.cli.redis_server import RedisServer, free_port
-from gateway.cli.sse_parser import SSEParser
 from tests.support.gateway_process import GatewayProcess
 from tests.support.helpers import read_job
 from tests.support.jobs import Line, publish_job
@@ -100,15 +99,6 @@ def test_exit_status_follows_the_job_and_usage_errors(redis_server: RedisServer,
     lines = results[0][0].splitlines()
     assert len(lines) == 4 and "INFO" in lines[0] and "s/w #1 line 0" in lines[0]
     assert "invalid_job" in results[2][1] and "invalid_level" in results[3][1]
-
-
-@pytest.mark.parametrize("size", [1, 2, 3, 7, 64])
-def test_sse_parser_handles_any_chunking(size: int) -> None:
-    raw = b"retry: 10\n\nid: 1\ndata: a\n\n: c\r\nid: 2\r\n\r\nevent: end\rid: 3\rdata: x\rdata: y\r\r"
-    parser = SSEParser()
-    got = [m for i in range(0, len(raw), size) for m in parser.feed(raw[i : i + size])]
-    assert [(m.event, m.data, m.id) for m in got] == [("message", "a", "1"), ("end", "x\ny", "3")]
-    assert parser.last_id == "3" and parser.retry_ms == 10
 
 
 def test_tail_and_demo_work_when_the_gateway_requires_a_token(
@@ -202,3 +192,29 @@ def test_tail_gives_up_on_a_gateway_it_cannot_reach(tmp_path: Path) -> None:
     assert no_scheme.returncode == 2 and "must start with http://" in no_scheme.stderr
     assert unreachable.returncode == 4, unreachable.stderr
     assert "cannot reach" in unreachable.stderr and time.monotonic() - started < 15
+
+
+@pytest.mark.slow
+def test_retry_for_bounds_the_failures_not_how_long_the_stream_ran(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A tail that had followed for longer than ``--retry-for`` gave up at the first clean end of
+    its stream (a gateway shutting down), with "cannot reach", instead of resuming."""
+    gw = GatewayProcess(redis_server.url, tmp_path / "gw.log", retry_ms=100).start()
+    try:
+        proc = tail(gw, "long", "--json", "--retry-for", "8")
+        publisher = threading.Thread(
+            target=publish_slowly, args=(redis_server.url, "long", 1000, "completed", 0.01)
+        )
+        publisher.start()
+        time.sleep(10.0)  # longer than --retry-for, all of it streaming
+        assert publisher.is_alive(), "the restart must come mid-job"
+        gw.stop()  # SIGTERM: the gateway ends its streams cleanly
+        gw.start()
+        publisher.join()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gw.stop()
+    assert proc.returncode == 0, err
+    printed = [json.loads(line)["id"] for line in out.splitlines()]
+    assert printed == [e["id"] for e in read_job(redis.Redis.from_url(redis_server.url), "long")]

@@ -4,13 +4,23 @@ line numbers jump back (docs/design.md §5; issue 13, point 9). Real redis-serve
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp import ClientResponse
 
+from broker.client import LogEntry, Reset, ResetError, follow_sync
+from gateway.cli.redis_server import RedisServer
 from tests.support.fixture_types import Client, MakeGateway, ServerFactory
+from tests.support.gateway_process import GatewayProcess
 from tests.support.jobs import publish_entries
 from tests.support.sse_client import Event, parse
+
+CLI = [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())"]
 
 
 async def events_until(resp: ClientResponse, done: Any, timeout_s: float = 20) -> list[Event]:
@@ -98,3 +108,55 @@ async def test_a_made_up_cursor_before_the_job_is_answered_from_its_start(api: C
     resp = await api.get("/v1/jobs/made-up/stream", headers={"Last-Event-ID": "1000-0"})
     events = parse(await asyncio.wait_for(resp.read(), 10)).events
     assert [e.event for e in events] == ["reset", "message", "end"]
+
+
+def _restart_empty(server: RedisServer) -> None:
+    server.kill()  # a Redis that keeps nothing on disk crashes and comes back
+    server.start()
+
+
+def test_the_client_raises_a_reset_and_with_gaps_yield_goes_on(
+    redis_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    """broker.client: ``ResetError`` by default; ``gaps="yield"`` gives a ``Reset`` marker and the
+    job's new incarnation, then stops at its end."""
+    server = redis_server_factory(appendonly=False)
+    gw = GatewayProcess(server.url, tmp_path / "gw.log").start()
+    try:
+        publish_entries(server.url, "cl", 4, end=False)
+        with follow_sync(gw.url, "cl") as strict:
+            held = [next(strict) for _ in range(4)]
+            _restart_empty(server)
+            publish_entries(server.url, "cl", 2)
+            with pytest.raises(ResetError) as raised:
+                next(strict)
+        assert raised.value.after == held[-1].id and raised.value.reason == "data_lost"
+        with follow_sync(gw.url, "cl", after=held[-1].id, gaps="yield") as lenient:
+            items = list(lenient)
+        assert isinstance(items[0], Reset) and items[0].after == held[-1].id
+        rest = [i for i in items[1:] if isinstance(i, LogEntry)]
+        assert [e.line for e in rest] == [1, 2, 1] and rest[-1].kind == "end"
+    finally:
+        gw.stop()
+
+
+def test_tail_says_the_job_was_reset_and_follows_it_to_its_end(
+    redis_server_factory: ServerFactory, tmp_path: Path
+) -> None:
+    server = redis_server_factory(appendonly=False)
+    gw = GatewayProcess(server.url, tmp_path / "gw.log").start()
+    try:
+        publish_entries(server.url, "tl", 3, end=False)
+        cmd = [*CLI, "tail", "--url", gw.url, "tl", "--json"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        first = [proc.stdout.readline() for _ in range(3)]
+        _restart_empty(server)
+        publish_entries(server.url, "tl", 2)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        gw.stop()
+    assert proc.returncode == 0, err
+    assert "the job's data was lost" in err
+    lines = [json.loads(x)["line"] for x in [*first, *out.splitlines()]]
+    assert lines == [1, 2, 3, 1, 2, 1]

@@ -7,8 +7,9 @@ Why properties: the gateway never escapes anything by hand; it relies on ``json.
 CR and LF out of the one ``data:`` line (``gateway/sse.py``). That is a claim about every string,
 so it is tested with generated ones full of the fragments that would break a naive framing (CR,
 LF, CRLF, NUL, ``data:``, ``id:``, ``event:``, Unicode line separators that ``str.splitlines``
-would split on). Three parsers must agree: the gateway's own ``SSEParser`` (used by ``logbroker
-tail``), httpx-sse fed incrementally, and ``tests.support.sse_client.parse`` on the whole stream.
+would split on). Three readers must agree: ``broker.client``'s resume core (what ``follow``,
+``logbroker tail`` and the demo run), httpx-sse fed incrementally, and
+``tests.support.sse_client.parse`` on the whole stream.
 """
 
 from __future__ import annotations
@@ -20,13 +21,15 @@ from dataclasses import dataclass
 from itertools import pairwise
 from typing import Any
 
+from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from broker.client import Gap, LogEntry
+from broker.client.state import follow_state
 from broker.constants import KIND_END, KINDS, LEVELS
 from broker.entry import Entry
-from gateway.cli.sse_parser import SSEParser
 from gateway.ids import StreamId, format_id
 from gateway.live import sse
 from gateway.live.filter import Filter
@@ -98,26 +101,41 @@ def cut(blob: bytes, points: Iterable[int]) -> list[bytes]:
     return [blob[a:b] for a, b in pairwise(bounds)]
 
 
-def with_gateway_parser(chunks: list[bytes]) -> tuple[list[Event], str]:
-    parser = SSEParser()
-    events = [Event(m.event, m.id, json.loads(m.data)) for chunk in chunks for m in parser.feed(chunk)]
-    return events, parser.last_id
-
-
-def with_httpx_sse(chunks: list[bytes]) -> tuple[list[Event], str]:
+def decoded(chunks: list[bytes]) -> list[ServerSentEvent]:
     """httpx-sse's WHATWG line decoder, fed text as an HTTP client decodes it chunk by chunk (at
     the end of the stream an unfinished event is discarded, as the spec says)."""
     text, lines, decoder = codecs.getincrementaldecoder("utf-8")(), SSELineDecoder(), SSEDecoder()
+    parts = [text.decode(chunk) for chunk in chunks] + [text.decode(b"", final=True)]
+    messages = (decoder.decode(line) for part in parts if part for line in lines.decode(part))
+    return [m for m in messages if m is not None]
+
+
+def with_httpx_sse(chunks: list[bytes]) -> tuple[list[Event], str]:
     events: list[Event] = []
     last_id = ""
-    decoded = [text.decode(chunk) for chunk in chunks] + [text.decode(b"", final=True)]
-    for line in [ln for part in decoded if part for ln in lines.decode(part)]:
-        message = decoder.decode(line)
-        if message is not None:
-            last_id = message.id
-            if message.data:
-                events.append(Event(message.event or "message", message.id, json.loads(message.data)))
+    for message in decoded(chunks):
+        last_id = message.id
+        if message.data:
+            events.append(Event(message.event or "message", message.id, json.loads(message.data)))
     return events, last_id
+
+
+def with_client(chunks: list[bytes]) -> tuple[list[Event], str]:
+    """``broker.client``'s core, fed what its transports feed it: typed entries and markers, the
+    end recognised, the cursor where a reconnect would resume."""
+    state = follow_state("http://gw", "j", after=None, tail=None, step=None, worker=None, level=None,
+                         kind=None, token=None, gaps="yield", retry=None, on_retry=None)  # fmt: skip
+    state.request()
+    assert state.answer(200, {"content-type": "text/event-stream"}, None)
+    events: list[Event] = []
+    for m in decoded(chunks):
+        item = state.event(m.event, m.data, m.id, m.retry)
+        if isinstance(item, LogEntry):
+            events.append(Event("end" if state.end is item else "message", state.cursor, item.to_dict()))
+        elif isinstance(item, Gap):
+            gap = {"after": item.after, "first_available": item.first_available, "reason": item.reason}
+            events.append(Event("gap", state.cursor, gap))
+    return events, state.cursor
 
 
 def with_test_client(blob: bytes) -> tuple[list[Event], str]:
@@ -127,7 +145,7 @@ def with_test_client(blob: bytes) -> tuple[list[Event], str]:
 
 def assert_parses_to(blob: bytes, points: list[int], expected: list[Event], last_id: str) -> None:
     chunks = cut(blob, points)
-    assert with_gateway_parser(chunks) == (expected, last_id)
+    assert with_client(chunks) == (expected, last_id)
     assert with_httpx_sse(chunks) == (expected, last_id)
     assert with_test_client(blob) == (expected, last_id)
 
