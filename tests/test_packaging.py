@@ -59,11 +59,21 @@ NOT_FOR_WORKERS = (
 
 
 def declared(*extras: str) -> set[str]:
-    """Distributions the base install plus these extras bring (names canonical)."""
+    """Distributions the base install plus these extras bring (names canonical), following an
+    extra that names others of this project (``logbroker[client]``)."""
     requirements = [Requirement(r) for r in PROJECT["dependencies"]]
-    for extra in extras:
-        requirements += [Requirement(r) for r in PROJECT["optional-dependencies"][extra]]
-    return {canonicalize_name(r.name) for r in requirements if r.name != "logbroker"}
+    todo, seen = list(extras), set()
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for r in (Requirement(x) for x in PROJECT["optional-dependencies"][extra]):
+            if r.name == "logbroker":
+                todo.extend(r.extras)
+            else:
+                requirements.append(r)
+    return {canonicalize_name(r.name) for r in requirements}
 
 
 def third_party_imports(module_path: Path) -> Iterator[tuple[str, int]]:
