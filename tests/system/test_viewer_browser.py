@@ -202,3 +202,32 @@ def test_the_page_says_when_retention_removed_the_oldest_lines(
         assert "entries before" in notice.inner_text()
     finally:
         gw.stop()
+
+
+def test_the_page_starts_over_when_redis_comes_back_without_the_job(
+    page: Any, redis_server_factory: Any, tmp_path: Path
+) -> None:
+    """Redis restarted empty and the workers wrote the job again: the page says so and shows the
+    new incarnation from line 1, instead of appending it to the old lines."""
+    server = redis_server_factory(appendonly=False)
+    with SyncPublisher(server.url) as pub:
+        job = pub.job("reborn", name="Reborn", type="manager")
+        for i in range(5):
+            job.step("s").worker("w").info(f"old line {i}")
+    gw = GatewayProcess(server.url, tmp_path / "gw.log").start()
+    try:
+        page.goto(f"{gw.url}/#/jobs/reborn")
+        page.get_by_text("old line 4").wait_for(timeout=20_000)
+        server.kill()
+        server.start()
+        with SyncPublisher(server.url) as pub:
+            job = pub.job("reborn", name="Reborn", type="manager")
+            job.step("s").worker("w").info("new line 0")
+            job.end("completed")
+        page.get_by_text("stored entries were lost").wait_for(timeout=20_000)
+        page.get_by_text("new line 0").wait_for(timeout=20_000)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "viewer-reset.png"), full_page=True)
+        assert page.get_by_text("old line 4").count() == 0, "the lost lines are gone from the page"
+    finally:
+        gw.stop()
