@@ -18,7 +18,7 @@ from tests.support.chaos_proxy import ChaosProxy
 from tests.support.fixture_types import ServerFactory
 from tests.support.helpers import assert_exactly_once, assert_lines_contiguous, read_job, read_meta
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server_matrix]
 FAST_FAIL = PublisherConfig(socket_timeout_s=1.0, connect_timeout_s=0.5)
 
 

@@ -18,6 +18,8 @@ from tests.support.fixture_types import Client, MakeGateway
 from tests.support.helpers import error_of, read_job, read_meta
 from tests.support.jobs import publish_steps
 
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
+
 STEPS = {"build": (2, 9), "test": (3, 6)}
 
 
