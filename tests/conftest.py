@@ -42,7 +42,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "server_matrix: Redis-facing tests, run once per server of --servers")
+    config.addinivalue_line(
+        "markers",
+        "server_matrix(first_only=False): Redis-facing tests, run once per server of --servers "
+        "(first_only: a long test whose subject is not the server, on the first server only)",
+    )
     try:
         config.stash[MATRIX] = selected_servers(config.getoption("servers"))
     except ServerNotFound as e:
@@ -50,8 +54,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "server_kind" in metafunc.fixturenames and metafunc.definition.get_closest_marker("server_matrix"):
-        kinds = metafunc.config.stash[MATRIX]
+    marker = metafunc.definition.get_closest_marker("server_matrix")
+    if "server_kind" in metafunc.fixturenames and marker is not None:
+        kinds = metafunc.config.stash[MATRIX][: 1 if marker.kwargs.get("first_only") else None]
         # module scope: a module's tests run server by server, and module fixtures may use it
         metafunc.parametrize("server_kind", kinds, ids=[k.name for k in kinds], indirect=True, scope="module")
 

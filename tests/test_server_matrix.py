@@ -33,15 +33,17 @@ def _collect(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_only_marked_modules_run_per_server_with_the_server_in_the_id() -> None:
-    run = _collect(
-        "--servers=valkey,redis6.2", "tests/system/test_failover.py", "tests/gateway/api/test_auth.py"
-    )
+    failover, auth = "tests/system/test_failover.py", "tests/gateway/api/test_auth.py"
+    replay = "tests/gateway/api/test_api_replay.py"
+    run = _collect("--servers=valkey,redis6.2", failover, auth, replay)
     assert run.returncode == 0, run.stdout + run.stderr
     ids = [line for line in run.stdout.splitlines() if "::" in line]
-    failover = [i for i in ids if "test_failover.py" in i]
-    assert len(failover) == 3 * 2 and all(i.endswith(("[valkey]", "[redis6.2]")) for i in failover)
-    auth = [i for i in ids if "test_auth.py" in i]
-    assert auth and not any("valkey" in i or "redis6.2" in i for i in auth), "not the whole suite"
+    of_failover = [i for i in ids if i.startswith(failover)]
+    assert len(of_failover) == 3 * 2 and all(i.endswith(("[valkey]", "[redis6.2]")) for i in of_failover)
+    of_auth = [i for i in ids if i.startswith(auth)]
+    assert of_auth and not any("valkey" in i or "redis6.2" in i for i in of_auth), "not the whole suite"
+    walk = "test_pages_walk_a_100k_entry_job_both_ways_without_gap_or_duplicate"
+    assert [i for i in ids if walk in i] == [f"{replay}::{walk}[valkey]"], "first_only: the first server only"
 
 
 def test_a_server_that_is_not_there_stops_the_run_with_how_to_get_it() -> None:

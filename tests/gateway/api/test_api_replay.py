@@ -56,6 +56,7 @@ def wanted(entries: list[Entry], step: str | None = None, min_level: str = "debu
 
 
 @pytest.mark.slow
+@pytest.mark.server_matrix(first_only=True)  # 20 s of paging logic; the ranges it reads run on all
 async def test_pages_walk_a_100k_entry_job_both_ways_without_gap_or_duplicate(
     redis_server: RedisServer, redis_client: redis.Redis, api: Client
 ) -> None:

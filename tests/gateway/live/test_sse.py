@@ -265,8 +265,8 @@ async def test_bad_stream_requests(
 async def test_a_password_protected_server_serves_publishers_live_streams_and_replay(
     redis_server_factory: ServerFactory, aiohttp_client: AiohttpClient
 ) -> None:
-    """Every connection authenticates first (Valkey 9 refuses any command before AUTH, Redis
-    answers some): the publisher's, the shared pool's, a partition reader's and the control
+    """Every connection authenticates first (Valkey 9 answers NOAUTH before it even looks a
+    command up): the publisher's, the shared pool's, a partition reader's and the control
     connection that wakes it (``CLIENT UNBLOCK``)."""
     server = redis_server_factory(appendonly=False)
     with redis.Redis(port=server.port) as admin:
