@@ -83,6 +83,7 @@ def test_redis_killed_and_restarted_with_aof(redis_server_factory: ServerFactory
     client.close()
 
 
+@pytest.mark.server_matrix(first_only=True)  # 13 s of the publisher's retry through a proxy
 async def test_replies_lost_mid_batch_are_retried_without_duplicates(
     redis_server_factory: ServerFactory,
 ) -> None:
