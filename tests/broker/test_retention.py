@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import redis
 
 from broker import Keyspace, PublisherConfig, SyncPublisher
 from gateway.cli.redis_server import RedisServer
 from tests.support.fixture_types import MakeGateway
 from tests.support.sse_client import parse
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
 
 
 def test_stream_cap_trims_old_entries_but_counts_stay_exact(

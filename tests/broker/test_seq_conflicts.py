@@ -31,6 +31,9 @@ from broker.script import (
     write_args,
 )
 from gateway.cli.redis_server import RedisServer
+from tests.support.servers import ServerKind
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py): the script's string ops
 
 WINDOW = 1024  # fingerprints kept per src (write_batch.lua)
 MAX_RANGES = 4096
@@ -39,8 +42,8 @@ _jobs = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    server = RedisServer(tmp_path_factory.mktemp("seqs"), appendonly=False).start()
+def client(tmp_path_factory: pytest.TempPathFactory, server_kind: ServerKind) -> Iterator[redis.Redis]:
+    server = RedisServer(tmp_path_factory.mktemp("seqs"), appendonly=False, binary=server_kind.binary).start()
     c = redis.Redis.from_url(server.url)
     assert c.script_load(WRITE_BATCH_LUA) == WRITE_BATCH_SHA
     try:

@@ -24,6 +24,9 @@ from broker.codec import pack_control, unpack_totals
 from broker.keys import Keyspace
 from broker.script import WRITE_BATCH_LUA, WRITE_BATCH_SHA, Retention, write_args
 from gateway.cli.redis_server import RedisServer
+from tests.support.servers import ServerKind
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
 
 SEP = "\x1f"
 KIND_LOG, KIND_STATUS, KIND_END = 0, 1, 2
@@ -158,8 +161,9 @@ class Model:
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[redis.Redis]:
-    server = RedisServer(tmp_path_factory.mktemp("script-model"), appendonly=False).start()
+def client(tmp_path_factory: pytest.TempPathFactory, server_kind: ServerKind) -> Iterator[redis.Redis]:
+    folder = tmp_path_factory.mktemp("script-model")
+    server = RedisServer(folder, appendonly=False, binary=server_kind.binary).start()
     c = redis.Redis.from_url(server.url)
     assert c.script_load(WRITE_BATCH_LUA) == WRITE_BATCH_SHA
     try:

@@ -1,9 +1,9 @@
 """A real Redis Cluster for tests: N masters (+ replicas) as redis-server processes on free ports,
-joined with ``redis-cli --cluster create``; stopped by the fixture that made it."""
+joined with ``redis-cli --cluster create``; stopped by the fixture that made it. ``binary``: the
+server of the matrix (tests/support/servers.py) the nodes run."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import time
@@ -12,6 +12,7 @@ from pathlib import Path
 import redis
 
 from gateway.cli.redis_server import RedisServer, free_port
+from tests.support.servers import find_redis_cli
 
 
 def _cluster_port() -> int:
@@ -28,12 +29,20 @@ def _cluster_port() -> int:
 
 
 class RedisClusterProcesses:
-    def __init__(self, root: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000) -> None:
+    def __init__(
+        self,
+        root: Path,
+        masters: int = 3,
+        replicas: int = 1,
+        node_timeout_ms: int = 2000,
+        binary: str | None = None,
+    ) -> None:
         self.servers = [
             RedisServer(
                 root / f"node{i}",
                 port=_cluster_port(),
                 appendonly=True,
+                binary=binary,
                 extra_args=("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                             "--cluster-node-timeout", str(node_timeout_ms)),
             )
@@ -59,8 +68,7 @@ class RedisClusterProcesses:
     def _start(self, timeout_s: float) -> RedisClusterProcesses:
         for s in self.servers:
             s.start()
-        cli = shutil.which("redis-cli")
-        assert cli, "redis-cli is needed to create a cluster"
+        cli = find_redis_cli()
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         subprocess.run(
             [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"],

@@ -18,15 +18,16 @@ from gateway.api import create_app
 from gateway.settings import GatewaySettings
 from tests.support.cluster import RedisClusterProcesses
 from tests.support.fixture_types import AiohttpClient
+from tests.support.servers import ServerKind
 from tests.support.sse_client import parse
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server_matrix]
 JOBS, ENTRIES = 12, 400
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[RedisClusterProcesses]:
-    c = RedisClusterProcesses(tmp_path / "cluster").start()
+def cluster(tmp_path: Path, server_kind: ServerKind) -> Iterator[RedisClusterProcesses]:
+    c = RedisClusterProcesses(tmp_path / "cluster", binary=server_kind.binary).start()
     yield c
     c.stop()
 

@@ -18,14 +18,15 @@ from redis.cluster import RedisCluster
 
 from broker import Keyspace, PublisherConfig, SyncPublisher, decode_entry
 from gateway.api import create_app
-from gateway.cli.redis_server import RedisServer, find_redis_server, free_port
+from gateway.cli.redis_server import RedisServer, free_port
 from gateway.settings import GatewaySettings
 from tests.support.cluster import RedisClusterProcesses
 from tests.support.fixture_types import AiohttpClient
 from tests.support.helpers import assert_exactly_once, read_job
+from tests.support.servers import ServerKind
 from tests.support.sse_client import parse
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server_matrix]
 ENTRIES, THREADS = 3000, 3
 
 
@@ -33,10 +34,11 @@ class SentinelSet:
     """A master, two replicas and three Sentinels watching them (quorum 2). Two replicas, so that
     after a failover the new master still has one to acknowledge writes."""
 
-    def __init__(self, root: Path) -> None:
-        self.master = RedisServer(root / "master", appendonly=True)
+    def __init__(self, root: Path, binary: str) -> None:
+        self.binary = binary
+        self.master = RedisServer(root / "master", appendonly=True, binary=binary)
         self.replicas = [
-            RedisServer(root / f"replica{i}", appendonly=True,
+            RedisServer(root / f"replica{i}", appendonly=True, binary=binary,
                         extra_args=("--replicaof", "127.0.0.1", str(self.master.port)))
             for i in range(2)
         ]  # fmt: skip
@@ -55,7 +57,7 @@ class SentinelSet:
                 f"sentinel monitor lb 127.0.0.1 {self.master.port} 2\n"
                 "sentinel down-after-milliseconds lb 1000\nsentinel failover-timeout lb 5000\n"
             )
-            self.sentinels.append(subprocess.Popen([find_redis_server(), str(conf), "--sentinel"],
+            self.sentinels.append(subprocess.Popen([self.binary, str(conf), "--sentinel"],
                                                    stdout=subprocess.DEVNULL))  # fmt: skip
         deadline = time.monotonic() + 20
         while not self._replica_synced():
@@ -84,8 +86,8 @@ class SentinelSet:
 
 
 @pytest.fixture
-def sentinel_set(tmp_path: Path) -> Iterator[SentinelSet]:
-    s = SentinelSet(tmp_path).start()
+def sentinel_set(tmp_path: Path, server_kind: ServerKind) -> Iterator[SentinelSet]:
+    s = SentinelSet(tmp_path, server_kind.binary).start()
     yield s
     s.stop()
 
@@ -162,9 +164,10 @@ def test_sentinel_failover_loses_no_confirmed_entry(sentinel_set: SentinelSet) -
 
 
 async def test_cluster_master_failover_with_replica_acks_while_streaming(
-    tmp_path: Path, aiohttp_client: AiohttpClient
+    tmp_path: Path, aiohttp_client: AiohttpClient, server_kind: ServerKind
 ) -> None:
-    cluster = RedisClusterProcesses(tmp_path / "cluster", replicas=2).start()  # one left after failover
+    # two replicas: one is left after the failover
+    cluster = RedisClusterProcesses(tmp_path / "cluster", replicas=2, binary=server_kind.binary).start()
     try:
         gateway = await aiohttp_client(create_app(GatewaySettings(redis_url=cluster.url, redis_cluster=True)))
         streams = [await gateway.get("/v1/jobs/cfail/stream") for _ in range(3)]

@@ -18,7 +18,7 @@ from tests.support.chaos_proxy import ChaosProxy
 from tests.support.fixture_types import ServerFactory
 from tests.support.helpers import assert_exactly_once, assert_lines_contiguous, read_job, read_meta
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.server_matrix]
 FAST_FAIL = PublisherConfig(socket_timeout_s=1.0, connect_timeout_s=0.5)
 
 
@@ -83,6 +83,7 @@ def test_redis_killed_and_restarted_with_aof(redis_server_factory: ServerFactory
     client.close()
 
 
+@pytest.mark.server_matrix(first_only=True)  # 13 s of the publisher's retry through a proxy
 async def test_replies_lost_mid_batch_are_retried_without_duplicates(
     redis_server_factory: ServerFactory,
 ) -> None:

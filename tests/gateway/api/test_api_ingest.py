@@ -20,6 +20,8 @@ from gateway.cli.redis_server import RedisServer
 from tests.support.fixture_types import Client, MakeGateway
 from tests.support.helpers import assert_exactly_once, assert_lines_contiguous, error_of, read_job, read_meta
 
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
+
 NDJSON = {"Content-Type": "application/x-ndjson"}
 
 

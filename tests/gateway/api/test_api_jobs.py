@@ -17,6 +17,8 @@ from tests.support.fixture_types import Client
 from tests.support.helpers import count_by, error_of, read_job
 from tests.support.jobs import Line, publish_job, publish_steps
 
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
+
 
 def touch(url: str, job: str, status: str | None = None, *, name: str | None = None) -> None:
     """One write to ``job``: a job-level status change (or a log line), then a pause, so that the

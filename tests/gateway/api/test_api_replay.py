@@ -18,6 +18,8 @@ from tests.support.fixture_types import Client, MakeGateway
 from tests.support.helpers import error_of, read_job, read_meta
 from tests.support.jobs import publish_steps
 
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
+
 STEPS = {"build": (2, 9), "test": (3, 6)}
 
 
@@ -55,6 +57,7 @@ def wanted(entries: list[Entry], step: str | None = None, min_level: str = "debu
 
 
 @pytest.mark.slow
+@pytest.mark.server_matrix(first_only=True)  # 20 s of paging logic; the ranges it reads run on all
 async def test_pages_walk_a_100k_entry_job_both_ways_without_gap_or_duplicate(
     redis_server: RedisServer, redis_client: redis.Redis, api: Client
 ) -> None:

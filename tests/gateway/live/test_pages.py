@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 import redis
 
 from broker.keys import Keyspace
@@ -19,6 +20,8 @@ from tests.support.fixture_types import MakeGateway
 from tests.support.helpers import read_job
 from tests.support.jobs import publish_entries
 from tests.support.sse_client import parse
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
 
 
 def items_of(url: str, job: str) -> list[Any]:

@@ -14,6 +14,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import redis
 
 from broker import Publisher
@@ -30,6 +31,8 @@ from tests.support.fixture_types import MakeGateway
 from tests.support.helpers import read_job, stuck_client, wait_for_subscribers
 from tests.support.jobs import Line, publish_job
 from tests.support.sse_client import dechunk, parse
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
 
 
 @dataclass(eq=False)

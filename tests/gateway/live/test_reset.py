@@ -20,6 +20,7 @@ from tests.support.gateway_process import GatewayProcess
 from tests.support.jobs import publish_entries
 from tests.support.sse_client import Event, parse
 
+pytestmark = pytest.mark.server_matrix  # Redis restarts: once per server (tests/conftest.py)
 CLI = [sys.executable, "-c", "import sys; from gateway.cli import main; sys.exit(main())"]
 
 

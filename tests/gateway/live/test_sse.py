@@ -13,13 +13,16 @@ import redis
 from aiohttp.test_utils import TestClient
 
 from broker import Publisher, SyncPublisher
+from gateway.api import create_app
 from gateway.api.state import GATEWAY
 from gateway.cli.redis_server import RedisServer
 from gateway.settings import GatewaySettings
-from tests.support.fixture_types import MakeGateway
+from tests.support.fixture_types import AiohttpClient, MakeGateway, ServerFactory
 from tests.support.helpers import read_job
 from tests.support.jobs import publish_entries
 from tests.support.sse_client import parse
+
+pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
 
 
 async def read_all(client: TestClient[Any, Any], path: str, headers: dict[str, str] | None = None) -> bytes:
@@ -257,3 +260,30 @@ async def test_bad_stream_requests(
     assert resp.status == status
     assert (await resp.json())["error"]["code"] == code
     assert (await client.get("/healthz")).status == 200
+
+
+async def test_a_password_protected_server_serves_publishers_live_streams_and_replay(
+    redis_server_factory: ServerFactory, aiohttp_client: AiohttpClient
+) -> None:
+    """Every connection authenticates first (Valkey 9 answers NOAUTH before it even looks a
+    command up): the publisher's, the shared pool's, a partition reader's and the control
+    connection that wakes it (``CLIENT UNBLOCK``)."""
+    server = redis_server_factory(appendonly=False)
+    with redis.Redis(port=server.port) as admin:
+        admin.config_set("requirepass", "s3cret")
+    url = f"redis://:s3cret@127.0.0.1:{server.port}/0"
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=server.port).ping()
+    client = await aiohttp_client(create_app(GatewaySettings(redis_url=url, heartbeat_s=0.2)))
+    stream = await client.get("/v1/jobs/locked/stream")  # before the job exists: a live read
+    async with Publisher(url) as pub:
+        job = pub.job("locked", name="Locked")
+        for i in range(20):
+            await job.step("s").worker("w").info(f"line {i}", i=i)
+            await pub.flush()
+        await job.end("completed")
+    body = await asyncio.wait_for(stream.read(), 20)
+    stored = read_job(redis.Redis.from_url(url), "locked")
+    assert [e.id for e in parse(body).events] == [e["id"] for e in stored] and len(stored) == 21
+    page = await (await client.get("/v1/jobs/locked/logs")).json()
+    assert [e["id"] for e in page["entries"]] == [e["id"] for e in stored]
