@@ -322,7 +322,8 @@ def test_logbroker_serve_without_the_gateway_extra_says_what_to_install(worker_v
 def test_the_gateway_extra_gives_a_working_logbroker_serve(
     wheel: Path, redis_server: RedisServer, tmp_path: Path
 ) -> None:
-    """``pip install 'logbroker[gateway]'`` alone (no test or client extra): serve, replay a job."""
+    """``pip install 'logbroker[gateway]'`` alone (no test extra): serve, replay a job, tail it; and
+    ``pip install 'logbroker[client]'`` alone follows it with ``broker.client``."""
     venv = fresh_venv(sys.executable, tmp_path / "venv", f"logbroker[gateway] @ {wheel.as_uri()}")
     publish_job(redis_server.url, "pkg-gw", [Line("hello from a worker", step="s")])
     port = free_port()
@@ -336,6 +337,25 @@ def test_the_gateway_extra_gives_a_working_logbroker_serve(
             page = json.load(resp)
         assert [(e["kind"], e["step"]) for e in page["entries"]] == [("log", "s"), ("end", None)]
         assert page["entries"][0]["msg"] == "hello from a worker"
+        # tail follows through broker.client: [gateway] brings [client] along
+        tail = run([str(venv / "bin" / "logbroker"), "tail", "--url", base, "pkg-gw", "--json"])
+        assert next(json.loads(line)["msg"] for line in tail.stdout.splitlines()) == "hello from a worker"
+        # and a consumer needs only [client]
+        consumer = fresh_venv(
+            sys.executable, tmp_path / "client-venv", f"logbroker[client] @ {wheel.as_uri()}"
+        )
+        followed = in_venv(
+            consumer,
+            """
+            import importlib.util, sys
+            from broker.client import follow_sync
+            with follow_sync(sys.argv[1], "pkg-gw") as entries:
+                print([(e.kind, e.msg) for e in entries][0])
+            print([m for m in ("aiohttp", "orjson", "pydantic", "uvloop") if importlib.util.find_spec(m)])
+        """,
+            base,
+        )
+        assert followed.splitlines() == ["('log', 'hello from a worker')", "[]"]
     finally:
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0, (tmp_path / "serve.log").read_text()[-2000:]
