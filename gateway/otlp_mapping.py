@@ -49,7 +49,6 @@ class AttributeNames:
     src: str = "logbroker.src"
     seq: str = "logbroker.seq"
 
-    @property
     def mapped(self) -> frozenset[str]:
         """Never copied into ``fields`` (the fallback only when it was used: see ``_resource``)."""
         return frozenset({self.job, self.job_name, self.step, self.worker, self.src, self.seq})
@@ -89,16 +88,15 @@ def level_of(severity_number: int) -> int:
     return _LEVELS[severity_number] if 0 <= severity_number < len(_LEVELS) else _INFO
 
 
+_SCALARS = frozenset({"string_value", "int_value", "bool_value"})
+
+
 def value_of(value: AnyValue) -> Any:
     """An ``AnyValue`` as JSON with its type kept; bytes as base64 (as in OTLP/JSON), non-finite
     doubles as their OTLP/JSON names (``NaN``, ``Infinity``), since ``fields`` is strict JSON."""
     kind = value.WhichOneof("value")
-    if kind == "string_value":
-        return value.string_value
-    if kind == "int_value":
-        return value.int_value
-    if kind == "bool_value":
-        return value.bool_value
+    if kind in _SCALARS:  # nearly every attribute: one lookup
+        return getattr(value, kind)
     if kind == "double_value":
         d = value.double_value
         return d if math.isfinite(d) else ("NaN" if math.isnan(d) else ("Infinity" if d > 0 else "-Infinity"))
@@ -139,8 +137,7 @@ class _Resource:
     fields_without_fallback: dict[str, Any]  # ... when the fallback names the worker
 
 
-def _resource(attributes: dict[str, Any], names: AttributeNames) -> _Resource:
-    mapped = names.mapped
+def _resource(attributes: dict[str, Any], names: AttributeNames, mapped: frozenset[str]) -> _Resource:
     fields = {k: v for k, v in attributes.items() if k not in mapped}
     without = {k: v for k, v in fields.items() if k != names.worker_fallback}
     return _Resource(attributes, fields, without)
@@ -149,11 +146,12 @@ def _resource(attributes: dict[str, Any], names: AttributeNames) -> _Resource:
 def map_request(request: ExportLogsServiceRequest, names: AttributeNames) -> Iterator[Mapped | Rejected]:
     """Every record of the request, in request order (their order per job is what gets stored)."""
     index = 0
+    mapped = names.mapped()
     for resource_logs in request.resource_logs:
-        resource = _resource(attributes_of(resource_logs.resource.attributes), names)
+        resource = _resource(attributes_of(resource_logs.resource.attributes), names, mapped)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                yield _record(index, record, resource, names)
+                yield _record(index, record, resource, names, mapped)
                 index += 1
 
 
@@ -161,7 +159,9 @@ def count_records(request: ExportLogsServiceRequest) -> int:
     return sum(len(s.log_records) for r in request.resource_logs for s in r.scope_logs)
 
 
-def _record(index: int, record: Any, resource: _Resource, names: AttributeNames) -> Mapped | Rejected:
+def _record(
+    index: int, record: Any, resource: _Resource, names: AttributeNames, mapped: frozenset[str]
+) -> Mapped | Rejected:
     own = attributes_of(record.attributes)
     values = resource.values
 
@@ -184,7 +184,7 @@ def _record(index: int, record: Any, resource: _Resource, names: AttributeNames)
     if worker is not None and step is None:
         why = f"a worker belongs to a step ({names.step!r} is missing)"
         return Rejected(index, f"worker {worker!r:.80} without a step: {why}")
-    fields = {k: v for k, v in own.items() if k not in names.mapped} if own else {}
+    fields = {k: v for k, v in own.items() if k not in mapped} if own else {}
     if record.trace_id:
         fields["trace_id"] = record.trace_id.hex()
     if record.span_id:
