@@ -18,7 +18,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
@@ -128,10 +128,37 @@ def _message(body: AnyValue) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+class _Identity(NamedTuple):
+    job: Any
+    job_name: Any
+    step: Any
+    worker: Any
+    fallback: bool  # the worker came from the fallback attribute
+    src: Any
+    seq: Any
+
+
+def _identity(own: dict[str, Any], values: dict[str, Any], names: AttributeNames) -> _Identity:
+    def pick(name: str) -> Any:
+        return own[name] if name in own else values.get(name)
+
+    worker, fallback = pick(names.worker), False
+    if worker is None:
+        worker = pick(names.worker_fallback)
+        fallback = worker is not None
+    job = pick(names.job)
+    if isinstance(job, int) and not isinstance(job, bool):
+        job = str(job)  # a run number sent as an int is the same id as its digits
+    return _Identity(
+        job, pick(names.job_name), pick(names.step), worker, fallback, pick(names.src), pick(names.seq)
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class _Resource:
     """What a resource gives each of its records: its mapped values and its other attributes."""
 
+    identity: _Identity  # of a record with no identifying attribute of its own (nearly all)
     values: dict[str, Any]
     fields: dict[str, Any]  # unmapped attributes, the worker fallback included
     fields_without_fallback: dict[str, Any]  # ... when the fallback names the worker
@@ -140,18 +167,19 @@ class _Resource:
 def _resource(attributes: dict[str, Any], names: AttributeNames, mapped: frozenset[str]) -> _Resource:
     fields = {k: v for k, v in attributes.items() if k not in mapped}
     without = {k: v for k, v in fields.items() if k != names.worker_fallback}
-    return _Resource(attributes, fields, without)
+    return _Resource(_identity({}, attributes, names), attributes, fields, without)
 
 
 def map_request(request: ExportLogsServiceRequest, names: AttributeNames) -> Iterator[Mapped | Rejected]:
     """Every record of the request, in request order (their order per job is what gets stored)."""
     index = 0
     mapped = names.mapped()
+    identifying = mapped | {names.worker_fallback}
     for resource_logs in request.resource_logs:
         resource = _resource(attributes_of(resource_logs.resource.attributes), names, mapped)
         for scope_logs in resource_logs.scope_logs:
             for record in scope_logs.log_records:
-                yield _record(index, record, resource, names, mapped)
+                yield _record(index, record, resource, names, mapped, identifying)
                 index += 1
 
 
@@ -160,31 +188,26 @@ def count_records(request: ExportLogsServiceRequest) -> int:
 
 
 def _record(
-    index: int, record: Any, resource: _Resource, names: AttributeNames, mapped: frozenset[str]
+    index: int,
+    record: Any,
+    resource: _Resource,
+    names: AttributeNames,
+    mapped: frozenset[str],
+    identifying: frozenset[str],
 ) -> Mapped | Rejected:
     own = attributes_of(record.attributes)
-    values = resource.values
-
-    def pick(name: str) -> Any:
-        return own[name] if name in own else values.get(name)
-
-    job = pick(names.job)
-    if job is None:
+    overrides = bool(own) and not identifying.isdisjoint(own)
+    ident = _identity(own, resource.values, names) if overrides else resource.identity
+    if ident.job is None:
         return Rejected(index, f"no job: the record and its resource lack the {names.job!r} attribute")
-    if isinstance(job, int) and not isinstance(job, bool):
-        job = str(job)  # a run number sent as an int is the same id as its digits
-    worker = pick(names.worker)
-    resource_fields = resource.fields
-    if worker is None:
-        worker = pick(names.worker_fallback)
-        if worker is not None:
-            own.pop(names.worker_fallback, None)
-            resource_fields = resource.fields_without_fallback
-    step = pick(names.step)
-    if worker is not None and step is None:
+    if ident.worker is not None and ident.step is None:
         why = f"a worker belongs to a step ({names.step!r} is missing)"
-        return Rejected(index, f"worker {worker!r:.80} without a step: {why}")
-    fields = {k: v for k, v in own.items() if k not in mapped} if own else {}
+        return Rejected(index, f"worker {ident.worker!r:.80} without a step: {why}")
+    resource_fields = resource.fields
+    if ident.fallback:
+        own.pop(names.worker_fallback, None)
+        resource_fields = resource.fields_without_fallback
+    fields = {k: v for k, v in own.items() if k not in mapped} if overrides else own
     if record.trace_id:
         fields["trace_id"] = record.trace_id.hex()
     if record.span_id:
@@ -193,7 +216,6 @@ def _record(
         fields["resource"] = resource_fields
     nanos = record.time_unix_nano or record.observed_time_unix_nano
     return Mapped(
-        index, job, _message(record.body), level_of(record.severity_number), step, worker,
-        pick(names.job_name), nanos // 1_000_000 if nanos else None, fields or None,
-        pick(names.src), pick(names.seq),
+        index, ident.job, _message(record.body), level_of(record.severity_number), ident.step, ident.worker,
+        ident.job_name, nanos // 1_000_000 if nanos else None, fields or None, ident.src, ident.seq,
     )  # fmt: skip
