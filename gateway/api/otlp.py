@@ -119,9 +119,8 @@ def prepare(settings: GatewaySettings, body: bytes, json_body: bool, grant: Gran
         try:
             job = check_job_id(m.job)
             p = parsed_entry(
-                job, m.msg, level=m.level, kind=KIND_LOG, step=m.step, worker=m.worker, fields=m.fields,
-                job_name=m.job_name, ts_ms=m.ts_ms, src=m.src, seq=m.seq,
-                max_message_bytes=settings.max_message_bytes,
+                settings, job, m.msg, level=m.level, kind=KIND_LOG, step=m.step, worker=m.worker,
+                fields=m.fields, job_name=m.job_name, ts_ms=m.ts_ms, src=m.src, seq=m.seq,
             )  # fmt: skip
             if p.src is not None and p.seq is not None:
                 previous = last_seq.get((job, p.src), 0)
