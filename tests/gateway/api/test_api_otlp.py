@@ -445,6 +445,35 @@ async def test_redis_unavailable_is_a_503_with_retry_after(api: Client, redis_se
     assert "redis_unavailable" in await status_of(resp, 503)
 
 
+async def otlp_requests(api: Client, status: int) -> float:
+    text = await (await api.get("/metrics")).text()
+    for line in text.splitlines():
+        if line.startswith(f'logbroker_otlp_requests_total{{status="{status}"}} '):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_the_python_sdk_retries_a_503_and_nothing_is_lost(
+    api: Client, redis_server: RedisServer, redis_client: redis.Redis, sdk_logger: Any
+) -> None:
+    """The exporter retries a 503 after its Retry-After with the same body: once Redis is back,
+    every record is stored, once, in order."""
+    logger, provider = sdk_logger(str(api.make_url("/v1/logs")), {**CICD, "cicd.pipeline.run.id": "retry-1"})
+    redis_server.stop()
+    for i in range(20):
+        logger.info("line %d", i)
+    flush = asyncio.ensure_future(asyncio.to_thread(provider.force_flush, 20_000))
+    for _ in range(100):
+        if await otlp_requests(api, 503):
+            break
+        await asyncio.sleep(0.05)
+    assert await otlp_requests(api, 503) >= 1 and not flush.done()
+    redis_server.start()
+    assert await flush
+    assert [e["msg"] for e in read_job(redis_client, "retry-1")] == [f"line {i}" for i in range(20)]
+    assert await otlp_requests(api, 200) == 1
+
+
 # ---- malformed and hostile bodies ------------------------------------------------------------
 
 
