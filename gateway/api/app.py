@@ -12,9 +12,10 @@ from broker.delivery import connect_async
 
 from ..live.hub import Hub
 from ..metrics import Metrics
+from ..otlp_wire import OTLP_LOGS_PATH
 from ..redis_clients import Connector
 from ..settings import GatewaySettings
-from . import cors, ingest, jobs, openapi, ops, replay
+from . import cors, ingest, jobs, openapi, ops, otlp, replay
 from .auth import auth_middleware
 from .error_middleware import error_middleware
 from .params import query_middleware
@@ -44,6 +45,7 @@ def create_app(settings: GatewaySettings, *, redis_url: str | None = None) -> we
     app.router.add_get(f"/v1/jobs/{JOB}", jobs.get_job)
     app.router.add_get(f"/v1/jobs/{JOB}/logs", replay.get_logs)
     app.router.add_post(f"/v1/jobs/{JOB}/logs", ingest.post_logs)
+    app.router.add_post(OTLP_LOGS_PATH, otlp.post_otlp_logs)
     # no HEAD: a stream's headers promise a body that never ends (a proxy's keepalive connection
     # would stay busy with it); HEAD gets 405 like any other method the route does not serve
     app.router.add_get(f"/v1/jobs/{JOB}/stream", stream_job, allow_head=False)

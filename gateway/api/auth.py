@@ -53,6 +53,7 @@ _ROUTE_SCOPES: dict[tuple[str, str], str] = {
     ("GET", "/v1/jobs/{job}/logs"): "read",
     ("GET", "/v1/jobs/{job}/stream"): "read",
     ("POST", "/v1/jobs/{job}/logs"): "publish",
+    ("POST", "/v1/logs"): "publish",  # OTLP: each record's job is checked by the route (gateway.api.otlp)
     ("GET", "/metrics"): "metrics",
 }
 

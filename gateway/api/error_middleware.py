@@ -2,7 +2,9 @@
 
 Every error answer is ``{"error": {"code": "...", "message": "..."}}`` with the right status
 (docs/design.md §5). aiohttp's own HTTP errors and Redis errors are translated here (the latter
-through ``gateway.errors.redis_failure``), and a bug is still answered in that shape.
+through ``gateway.errors.redis_failure``), and a bug is still answered in that shape. The one
+exception is OTLP's ``POST /v1/logs``: its spec requires a ``google.rpc.Status`` in the request's
+encoding (``gateway.otlp_wire``), so the same error (auth refusals included) is encoded so there.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from aiohttp.web_protocol import RequestPayloadError
 from broker.errors import CodecError, InvalidEntry
 
 from ..errors import ApiError, redis_failure
+from ..otlp_wire import OTLP_LOGS_PATH, PROTOBUF, encode_status
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,18 +47,33 @@ def error_response(
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except ApiError as e:
-        return _answer(e)
-    except InvalidEntry as e:
-        return error_response(400, f"invalid_{e.field.split('.')[0].split('[')[0]}", str(e))
-    except web.HTTPException as e:
+    except Exception as e:
+        status, code, message, headers = _error_of(request, e)
+    if request.path == OTLP_LOGS_PATH and request.method == "POST":
+        protobuf = request.content_type == PROTOBUF
+        body = encode_status(status, f"{code}: {message}", not protobuf)
+        ctype = PROTOBUF if protobuf else "application/json"
+        return web.Response(status=status, body=body, content_type=ctype, headers=headers)
+    return error_response(status, code, message, headers)
+
+
+def _error_of(request: web.Request, e: Exception) -> tuple[int, str, str, dict[str, str] | None]:
+    """(status, code, message, headers) of a failure; re-raises what is not one (a redirect)."""
+    if isinstance(e, ApiError):
+        return e.status, e.code, e.message, e.headers
+    if isinstance(e, InvalidEntry):
+        return 400, f"invalid_{e.field.split('.')[0].split('[')[0]}", str(e), None
+    if isinstance(e, web.HTTPException):
         if e.status < 400:
-            raise
+            raise e
         code = _HTTP_CODES.get(e.status, "http_error")
-        return error_response(
-            e.status, code, e.reason or code, {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None
+        return (
+            e.status,
+            code,
+            e.reason or code,
+            {"Allow": e.headers["Allow"]} if "Allow" in e.headers else None,
         )
-    except (redis.RedisError, OSError) as e:
+    if isinstance(e, redis.RedisError | OSError):
         failure = redis_failure(e)
         log.log(
             logging.WARNING if failure.status == 503 else logging.ERROR,
@@ -64,15 +82,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             request.path,
             e,
         )
-        return _answer(failure)
-    except RequestPayloadError as e:  # a body that could not even be read (bad Content-Encoding...)
-        return error_response(400, "invalid_body", f"the request body could not be read: {e}")
-    except CodecError as e:
+        return failure.status, failure.code, failure.message, failure.headers
+    if isinstance(e, RequestPayloadError):  # a body that could not even be read (bad Content-Encoding...)
+        return 400, "invalid_body", f"the request body could not be read: {e}", None
+    if isinstance(e, CodecError):
         log.error("undecodable data for %s: %s", request.path, e)
-        return error_response(500, "corrupt_entry", str(e))
-    except Exception:  # a bug: still answer in the API's shape, and say so loudly in the log
-        log.exception("unexpected error for %s %s", request.method, request.path)
-        return error_response(500, "internal_error", "unexpected server error (logged)")
+        return 500, "corrupt_entry", str(e), None
+    # a bug: still answer in the API's shape, and say so loudly in the log
+    log.error("unexpected error for %s %s", request.method, request.path, exc_info=e)
+    return 500, "internal_error", "unexpected server error (logged)", None
 
 
 def _answer(e: ApiError) -> web.Response:

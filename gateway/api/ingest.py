@@ -174,7 +174,7 @@ def _validate(settings: GatewaySettings, job: str, objects: list[tuple[str, obje
     last_seq: dict[str, int] = {}
     for label, obj in objects:
         try:
-            entry = entry_of(job, obj, settings.max_message_bytes)
+            entry = entry_of(settings, job, obj)
             if entry.src is not None and entry.seq is not None:
                 previous = last_seq.get(entry.src, 0)
                 if entry.seq <= previous:
@@ -186,7 +186,7 @@ def _validate(settings: GatewaySettings, job: str, objects: list[tuple[str, obje
     return parsed
 
 
-def entry_of(job: str, obj: object, max_message_bytes: int) -> Parsed:
+def entry_of(settings: GatewaySettings, job: str, obj: object) -> Parsed:
     """One entry object, checked and packed (packing checks the size of ``fields``)."""
     if not isinstance(obj, Mapping):
         raise InvalidEntry("entry", f"must be a JSON object, got {type(obj).__name__}")
@@ -195,16 +195,43 @@ def entry_of(job: str, obj: object, max_message_bytes: int) -> Parsed:
         raise InvalidEntry(f"{unknown[0]!r:.60}", f"unknown key (allowed: {', '.join(sorted(KEYS))})")
     if "msg" not in obj:
         raise InvalidEntry("msg", "is required")
-    src, seq = _source(obj.get("src"), obj.get("seq"))
     level, kind, ts = obj.get("level"), obj.get("kind"), obj.get("ts")
-    draft = make_draft(
-        job, obj["msg"], level=level_number("info" if level is None else level),
+    return parsed_entry(
+        settings, job, obj["msg"], level=level_number("info" if level is None else level),
         kind=kind_number("log" if kind is None else kind), step=obj.get("step"), worker=obj.get("worker"),
         parent=obj.get("parent"), status=obj.get("status"), fields=obj.get("fields"),
         job_name=obj.get("job_name"), job_type=obj.get("job_type"), ts_ms=_ts_ms(ts),
-        max_message_bytes=max_message_bytes,
+        src=obj.get("src"), seq=obj.get("seq"),
     )  # fmt: skip
-    return Parsed(draft, src, seq, pack_item(draft, src, seq))
+
+
+def parsed_entry(
+    settings: GatewaySettings,
+    job: str,
+    msg: object,
+    *,
+    level: int,
+    kind: int,
+    step: object = None,
+    worker: object = None,
+    parent: object = None,
+    status: object = None,
+    fields: object = None,
+    job_name: object = None,
+    job_type: object = None,
+    ts_ms: int | None = None,
+    src: object = None,
+    seq: object = None,
+) -> Parsed:
+    """The one way an HTTP write path (this JSON ingest, and OTLP in ``gateway.api.otlp``) makes
+    an entry: checked by ``make_draft`` like a publisher's, with the gateway's limits, then packed."""
+    checked_src, checked_seq = _source(src, seq)
+    draft = make_draft(
+        job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
+        fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
+        max_message_bytes=settings.max_message_bytes,
+    )  # fmt: skip
+    return Parsed(draft, checked_src, checked_seq, pack_item(draft, checked_src, checked_seq))
 
 
 def _source(src: object, seq: object) -> tuple[str | None, int | None]:

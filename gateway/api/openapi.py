@@ -29,6 +29,7 @@ from broker.constants import (
     NDJSON,
 )
 
+from ..otlp_wire import OTLP_LOGS_PATH, PROTOBUF
 from ..settings import GatewaySettings
 from .auth import PUBLIC_ROUTES
 from .jobs import DEFAULT_LIMIT as JOBS_DEFAULT_LIMIT
@@ -60,7 +61,8 @@ ERRORS: dict[int, str] = {
     "stored before that point is said in the message); or `seq_conflict`: src/seq pairs already "
     "stored with other content were not stored (the rest was; the message names them)",
     413: "`body_too_large` (the body is over the size limit) or `too_many_entries`",
-    415: "`unsupported_media_type`: the body must be application/json or application/x-ndjson, UTF-8",
+    415: "`unsupported_media_type`: the body must be application/json or application/x-ndjson, UTF-8 "
+    "(application/x-protobuf or application/json on /v1/logs)",
     503: "`redis_unavailable` (Redis is not reachable) or `too_many_clients` (the gateway is at its "
     "client limit): retry after `Retry-After` seconds",
 }
@@ -169,6 +171,20 @@ def _schemas(settings: GatewaySettings) -> dict[str, Schema]:
         ),
         "IngestEntry": _ingest_entry(settings),
         "IngestAnswer": _obj({"accepted": COUNT, "duplicates": COUNT, "ids": _array(ENTRY_ID)}),
+        "OtlpAnswer": _obj(
+            {
+                "partialSuccess": _obj(
+                    {"rejectedLogRecords": {"type": ["string", "integer"]}, "errorMessage": _str()}, []
+                )
+            },
+            [],
+            description="ExportLogsServiceResponse (OTLP/JSON): empty on full success",
+        ),
+        "OtlpStatus": _obj(
+            {"code": {"type": "integer"}, "message": _str()},
+            required=["message"],
+            description="google.rpc.Status: the message starts with the gateway's error code",
+        ),
         "JobSummary": _obj(summary),
         "JobList": _obj({"jobs": _array(_ref("JobSummary")), "next": _nullable(_str(JOBS_CURSOR_PATTERN))}),
         "StepMeta": _obj({**step, "workers": _map(worker)}),
@@ -277,6 +293,36 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(status): _ref(str(status), "responses") for status in statuses}
 
 
+def _otlp_errors(*statuses: int) -> dict[str, Any]:
+    """``POST /v1/logs`` answers errors as ``google.rpc.Status``, protobuf for a protobuf request."""
+    status = {JSON: {"schema": _ref("OtlpStatus")}, PROTOBUF: {"schema": _str(format="binary")}}
+    retry_after = {"Retry-After": {"description": "seconds to wait", "schema": _str()}}
+    return {
+        str(s): {
+            "description": ERRORS[s],
+            "content": status,
+            **({"headers": retry_after} if s == 503 else {}),
+        }
+        for s in statuses
+    }
+
+
+def _otlp(settings: GatewaySettings) -> dict[str, Any]:
+    body = {
+        "required": True,
+        "description": "an OTLP ExportLogsServiceRequest, protobuf or OTLP/JSON (integer enums, hex ids), "
+        f"gzip allowed, at most {settings.max_body_bytes} bytes and {settings.max_ingest_entries} records",
+        "content": {JSON: {"schema": {"type": "object"}}, PROTOBUF: {"schema": _str(format="binary")}},
+    }
+    answer = {JSON: {"schema": _ref("OtlpAnswer")}, PROTOBUF: {"schema": _str(format="binary")}}
+    responses = {
+        "200": {"description": "stored, but for the records partial success rejects", "content": answer}
+    }
+    summary = "OTLP/HTTP logs, mapped by the CI/CD semantic conventions (docs/design.md §5)"
+    op = _op("postOtlpLogs", "logs", summary, responses | _otlp_errors(400, 413, 415, 503))
+    return {"post": op | {"requestBody": body}}
+
+
 def _paths(settings: GatewaySettings) -> dict[str, Any]:
     ready = _obj({"status": {"const": "ready"}, "clients": COUNT})
     entries = _array(_ref("IngestEntry"), minItems=1, maxItems=settings.max_ingest_entries)
@@ -326,6 +372,7 @@ def _paths(settings: GatewaySettings) -> dict[str, Any]:
             )
             | {"requestBody": ingest_body},
         },
+        OTLP_LOGS_PATH: _otlp(settings),
         "/v1/jobs/{job}/stream": {
             "get": _op(
                 "streamJob", "logs", "Server-Sent Events from the start position, then live",
@@ -342,7 +389,7 @@ def _secure(paths: dict[str, Any]) -> None:
         if path not in PUBLIC_ROUTES:
             for op in item.values():
                 op["security"] = [{"bearer": []}, {"token": []}]
-                op["responses"] |= _errors(401, 403)
+                op["responses"] |= _otlp_errors(401, 403) if path == OTLP_LOGS_PATH else _errors(401, 403)
 
 
 def openapi_document(settings: GatewaySettings) -> dict[str, Any]:

@@ -256,3 +256,25 @@ def test_e2e_smoke_run_is_exact_and_compares_with_the_baseline() -> None:
     goals = result["goals"]
     assert set(E2E_GOALS) <= goals.keys()
     assert all(isinstance(goals[g], bool) for g in E2E_GOALS)
+
+
+OTLP_SCRIPT = ROOT / "benchmarks" / "otlp_ingest.py"
+OTLP_PARTS = ("otlp_protobuf", "json_ingest", "python_publisher")
+OTLP_KEYS = ("date", "machine", "sizes", *OTLP_PARTS, "ratios", "goals")
+
+
+@pytest.mark.slow
+def test_otlp_ingest_smoke_run_stores_every_entry_of_every_part() -> None:
+    """OTLP protobuf, our JSON ingest and the Python publisher in one run, each part verified by
+    the streams' lengths, with the goal reported (not asserted: a smoke run is too small to time)."""
+    proc = subprocess.run(
+        [sys.executable, str(OTLP_SCRIPT), "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(proc.stdout)
+    assert set(OTLP_KEYS) <= result.keys() and result["verified"] is True
+    assert result["sizes"]["batch"] == 512
+    for part in OTLP_PARTS:
+        assert result[part]["verified"] is True and result[part]["entries_per_s"] > 0, part
+    assert result["otlp_protobuf"]["gateway_cpu_s"] > 0
+    assert list(result["goals"]) == ["otlp_eps>=50000"]
