@@ -174,7 +174,7 @@ def _validate(settings: GatewaySettings, job: str, objects: list[tuple[str, obje
     last_seq: dict[str, int] = {}
     for label, obj in objects:
         try:
-            entry = entry_of(job, obj, settings.max_message_bytes)
+            entry = entry_of(settings, job, obj)
             if entry.src is not None and entry.seq is not None:
                 previous = last_seq.get(entry.src, 0)
                 if entry.seq <= previous:
@@ -186,8 +186,8 @@ def _validate(settings: GatewaySettings, job: str, objects: list[tuple[str, obje
     return parsed
 
 
-def entry_of(job: str, obj: object, max_message_bytes: int) -> Parsed:
-    """One entry object, checked and packed (packing checks the size of ``fields``)."""
+def entry_of(settings: GatewaySettings, job: str, obj: object) -> Parsed:
+    """One entry object, checked, masked and packed (packing checks the size of ``fields``)."""
     if not isinstance(obj, Mapping):
         raise InvalidEntry("entry", f"must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(k for k in obj if k not in KEYS)
@@ -197,14 +197,39 @@ def entry_of(job: str, obj: object, max_message_bytes: int) -> Parsed:
         raise InvalidEntry("msg", "is required")
     src, seq = _source(obj.get("src"), obj.get("seq"))
     level, kind, ts = obj.get("level"), obj.get("kind"), obj.get("ts")
-    draft = make_draft(
-        job, obj["msg"], level=level_number("info" if level is None else level),
+    draft = ingest_draft(
+        settings, job, obj["msg"], level=level_number("info" if level is None else level),
         kind=kind_number("log" if kind is None else kind), step=obj.get("step"), worker=obj.get("worker"),
         parent=obj.get("parent"), status=obj.get("status"), fields=obj.get("fields"),
         job_name=obj.get("job_name"), job_type=obj.get("job_type"), ts_ms=_ts_ms(ts),
-        max_message_bytes=max_message_bytes,
     )  # fmt: skip
     return Parsed(draft, src, seq, pack_item(draft, src, seq))
+
+
+def ingest_draft(
+    settings: GatewaySettings,
+    job: str,
+    msg: object,
+    *,
+    level: int,
+    kind: int,
+    step: object = None,
+    worker: object = None,
+    parent: object = None,
+    status: object = None,
+    fields: object = None,
+    job_name: object = None,
+    job_type: object = None,
+    ts_ms: int | None = None,
+) -> Draft:
+    """``make_draft`` as every ingest route of the gateway (this JSON one, OTLP) must call it:
+    with the gateway's message limit and its secret masking (``LOGBROKER_MASK_PATTERNS`` and the
+    built-in credential formats, docs/design.md §2), so no route can store an unmasked entry."""
+    return make_draft(
+        job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
+        fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
+        max_message_bytes=settings.max_message_bytes, masker=settings.masker,
+    )  # fmt: skip
 
 
 def _source(src: object, seq: object) -> tuple[str | None, int | None]:
