@@ -34,11 +34,13 @@ MIN_MASK_LEN = 4  # masking "a" or "the" would destroy the log, not protect a se
 
 @dataclass(frozen=True, slots=True)
 class Pattern:
-    """A credential format: its regex, and fixed texts of which every match contains one."""
+    """A credential format: its regex, fixed texts of which every match contains one, and the
+    length of its shortest match (a shorter text, such as most ``fields`` values, is skipped)."""
 
     name: str
     regex: str
     triggers: tuple[str, ...]
+    min_len: int
 
 
 # Formats with a recognisable shape, as secret scanners (GitHub secret scanning, gitleaks) know
@@ -46,31 +48,33 @@ class Pattern:
 BUILTIN_PATTERNS: tuple[Pattern, ...] = (
     # RFC 6750 bearer tokens, in a header or a curl/HTTP-library dump (token68 characters; 8 or
     # more, so the prose "Bearer token" stays)
-    Pattern("bearer", r"(?:[Bb]earer|BEARER)[ \t]+[A-Za-z0-9\-._~+/]{8,}=*", ("earer", "EARER")),
+    Pattern("bearer", r"(?:[Bb]earer|BEARER)[ \t]+[A-Za-z0-9\-._~+/]{8,}=*", ("earer", "EARER"), 15),
     # RFC 7617 basic credentials after an Authorization header name: base64 of user:password
     Pattern(
         "basic",
         r"(?:[Aa]uthorization|AUTHORIZATION)[ \t]*[:=][ \t]*(?:[Bb]asic|BASIC)[ \t]+[A-Za-z0-9+/]+=*",
         ("uthorization", "UTHORIZATION"),
+        21,
     ),
     # AWS access key ids: long-term (AKIA) and temporary STS (ASIA), 20 characters
-    Pattern("aws_access_key_id", r"(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])", ("AKIA", "ASIA")),
+    Pattern("aws_access_key_id", r"(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])", ("AKIA", "ASIA"), 20),
     # GitHub tokens: personal (ghp_), OAuth (gho_), app installation (ghs_), user-to-server
     # (ghu_), refresh (ghr_), fine-grained personal (github_pat_)
-    Pattern("github_token", r"gh[opsur]_[A-Za-z0-9]{36,255}", ("ghp_", "gho_", "ghs_", "ghu_", "ghr_")),
-    Pattern("github_pat", r"github_pat_[A-Za-z0-9_]{22,255}", ("github_pat_",)),
+    Pattern("github_token", r"gh[opsur]_[A-Za-z0-9]{36,255}", ("ghp_", "gho_", "ghs_", "ghu_", "ghr_"), 40),
+    Pattern("github_pat", r"github_pat_[A-Za-z0-9_]{22,255}", ("github_pat_",), 33),
     # GitLab personal/project access tokens, the other forge the issue names
-    Pattern("gitlab_token", r"glpat-[A-Za-z0-9_\-]{20,255}", ("glpat-",)),
+    Pattern("gitlab_token", r"glpat-[A-Za-z0-9_\-]{20,255}", ("glpat-",), 26),
     # Slack bot/user/app tokens
-    Pattern("slack_token", r"xox[abprs]-[A-Za-z0-9\-]{10,255}", ("xox",)),
+    Pattern("slack_token", r"xox[abprs]-[A-Za-z0-9\-]{10,255}", ("xox",), 15),
     # JWTs (JWS compact form): base64url of '{"' starts every header and payload with eyJ
-    Pattern("jwt", r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*", ("eyJ",)),
+    Pattern("jwt", r"eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{8,}\.[A-Za-z0-9_\-]*", ("eyJ",), 24),
     # PEM private keys (RSA, EC, OPENSSH, ENCRYPTED...): the whole block; a block cut off (a
     # clipped message) is masked up to the end of the text
     Pattern(
         "private_key",
         r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z0-9 ]*PRIVATE KEY-----|[\s\S]*)",
         ("PRIVATE KEY-----",),
+        27,
     ),
 )
 
@@ -132,32 +136,37 @@ class Masker:
                 self._values.append(value)
                 self._state = self._build()
 
-    def _build(self) -> tuple[tuple[str, ...] | None, re.Pattern[str] | None]:
-        """(triggers, alternation); triggers ``None``: some pattern has none, always run the regex."""
+    def _build(self) -> tuple[int, tuple[str, ...] | None, re.Pattern[str] | None]:
+        """(shortest match, triggers, alternation); triggers ``None``: some pattern has none,
+        so the regex runs on every text long enough."""
         parts: list[str] = []
         triggers: list[str] | None = []
+        lengths: list[int] = []
         for p in self._patterns:
             if isinstance(p, str):
                 parts.append(f"(?:{p})")
                 triggers = None
+                lengths.append(1)
             else:
                 parts.append(f"(?:{p.regex})")
+                lengths.append(p.min_len)
                 if triggers is not None:
                     triggers.extend(p.triggers)
         # longest first: a value that contains another is masked whole, not around the shorter one
         for value in sorted(self._values, key=len, reverse=True):
             parts.append(re.escape(value))
+            lengths.append(len(value))
             if triggers is not None:
                 triggers.append(value)
         if not parts:
-            return (), None
+            return 0, (), None
         regex = re.compile("|".join(parts))
-        return (None if triggers is None else tuple(dict.fromkeys(triggers))), regex
+        return min(lengths), (None if triggers is None else tuple(dict.fromkeys(triggers))), regex
 
     def mask_text(self, text: str) -> tuple[str, int]:
         """``text`` with every match replaced by ``[MASKED]``, and the number of matches."""
-        triggers, regex = self._state
-        if regex is None:
+        min_len, triggers, regex = self._state
+        if regex is None or len(text) < min_len:
             return text, 0
         if triggers is not None:
             for trigger in triggers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import msgpack
@@ -11,7 +12,7 @@ from broker.codec import LinePacker, content_fingerprint, pack_item
 from broker.constants import KIND_LOG, LEVELS
 from broker.entry import make_draft
 from broker.errors import InvalidConfig
-from broker.masking import BUILTIN_PATTERNS, MASK, Masker, compile_pattern
+from broker.masking import BUILTIN_PATTERNS, MASK, Masker, Pattern, compile_pattern
 
 # Made-up credentials in each well-known format (none is real).
 AWS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -29,23 +30,23 @@ PEM = "-----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA1234\nabcd==\n-----END R
 BUILTIN = Masker(patterns=BUILTIN_PATTERNS)
 
 
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("Authorization: Bearer abc.DEF-123_xyz~+/=", "Authorization: [MASKED]"),
-        ("curl -H 'authorization: bearer s3cr3tT0ken'", "curl -H 'authorization: [MASKED]'"),
-        ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "[MASKED]"),
-        (f"key={AWS_KEY} region=eu", "key=[MASKED] region=eu"),
-        (f"sts {AWS_STS}", "sts [MASKED]"),
-        (f"git clone https://x:{GHP}@github.com/o/r", "git clone https://x:[MASKED]@github.com/o/r"),
-        (f"token {GHS}.", "token [MASKED]."),
-        (f"GH_TOKEN={GITHUB_PAT}", "GH_TOKEN=[MASKED]"),
-        (f"{GLPAT} {SLACK}", "[MASKED] [MASKED]"),
-        (f"cookie jwt={JWT}; path=/", "cookie jwt=[MASKED]; path=/"),
-        (f"key:\n{PEM}\ndone", "key:\n[MASKED]\ndone"),
-        ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk (clipped", "[MASKED]"),
-    ],
-)
+BUILTIN_EXAMPLES = [
+    ("Authorization: Bearer abc.DEF-123_xyz~+/=", "Authorization: [MASKED]"),
+    ("curl -H 'authorization: bearer s3cr3tT0ken'", "curl -H 'authorization: [MASKED]'"),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "[MASKED]"),
+    (f"key={AWS_KEY} region=eu", "key=[MASKED] region=eu"),
+    (f"sts {AWS_STS}", "sts [MASKED]"),
+    (f"git clone https://x:{GHP}@github.com/o/r", "git clone https://x:[MASKED]@github.com/o/r"),
+    (f"token {GHS}.", "token [MASKED]."),
+    (f"GH_TOKEN={GITHUB_PAT}", "GH_TOKEN=[MASKED]"),
+    (f"{GLPAT} {SLACK}", "[MASKED] [MASKED]"),
+    (f"cookie jwt={JWT}; path=/", "cookie jwt=[MASKED]; path=/"),
+    (f"key:\n{PEM}\ndone", "key:\n[MASKED]\ndone"),
+    ("-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXk (clipped", "[MASKED]"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BUILTIN_EXAMPLES)
 def test_builtin_patterns_mask_each_well_known_format(text: str, expected: str) -> None:
     masked, count = BUILTIN.mask_text(text)
     assert masked == expected
@@ -167,3 +168,20 @@ def test_a_handle_packer_makes_the_same_bytes_as_pack_item_when_masked() -> None
     d = make_draft("j", "[MASKED] x", level=20, kind=KIND_LOG, step="s", worker="w", job_name="n",
                    job_type="t", max_message_bytes=1024, ts_ms=77)._replace(masked=3)  # fmt: skip
     assert packer.pack(77, 20, "[MASKED] x", 4, None, 3) == pack_item(d, "src", 4)
+
+
+@pytest.mark.parametrize("pattern", BUILTIN_PATTERNS, ids=lambda p: p.name)
+def test_each_builtin_pattern_declares_its_shortest_match_and_triggers_truly(pattern: Pattern) -> None:
+    """``min_len`` and ``triggers`` let texts be skipped: both must hold for every match."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import sre_parse  # the parser's own width of the shortest match
+
+    assert pattern.min_len == sre_parse.parse(pattern.regex).getwidth()[0]
+    examples = [t for t, _ in BUILTIN_EXAMPLES if re.search(pattern.regex, t)]
+    assert examples, f"no example exercises {pattern.name}"
+    for text in examples:
+        match = re.search(pattern.regex, text)
+        assert match is not None and any(t in match.group() for t in pattern.triggers)
