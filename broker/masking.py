@@ -176,7 +176,7 @@ class Masker:
                 return text, 0
         return regex.subn(MASK, text)
 
-    def _value(self, value: Any) -> tuple[Any, int]:
+    def mask_value(self, value: Any) -> tuple[Any, int]:
         """String values, nested in objects and lists, masked (keys are names, kept as they are)."""
         if isinstance(value, str):
             return self.mask_text(value)
@@ -184,14 +184,14 @@ class Masker:
             out: dict[str, Any] = {}
             total = 0
             for key, item in value.items():
-                out[key], n = self._value(item)
+                out[key], n = self.mask_value(item)
                 total += n
             return (out, total) if total else (value, 0)
         if isinstance(value, list):
             items = []
             total = 0
             for item in value:
-                masked, n = self._value(item)
+                masked, n = self.mask_value(item)
                 items.append(masked)
                 total += n
             return (items, total) if total else (value, 0)
@@ -201,7 +201,7 @@ class Masker:
         """An entry's ``msg`` and ``fields``, masked, and how many values were masked in both."""
         text, count = self.mask_text(text)
         if fields is not None:
-            fields, n = self._value(fields)
+            fields, n = self.mask_value(fields)
             count += n
         return text, fields, count
 

@@ -156,7 +156,10 @@ class Outbox:
             text = clip_message(msg, self.config.max_message_bytes)
             masked = 0
         else:  # masked before clipping: a clip never leaves half a secret
-            raw, clean, masked = masker.mask(as_text(msg), clean)
+            raw, masked = masker.mask_text(msg if type(msg) is str else as_text(msg))
+            if clean is not None:
+                clean, in_fields = masker.mask_value(clean)
+                masked += in_fields
             text = clip_message(raw, self.config.max_message_bytes)
         ts_ms = time.time_ns() // 1_000_000
         pack = origin.packer(self.src).pack
