@@ -285,7 +285,8 @@ def test_mask_patterns_are_a_json_array_of_regexes(monkeypatch: pytest.MonkeyPat
     ],
 )
 def test_a_bad_mask_pattern_stops_the_gateway_naming_it(value: str, said: str) -> None:
-    env = {**os.environ, "LOGBROKER_MASK_PATTERNS": value}
+    # a Redis URL: a gateway that took the setting fails on the closed port, never starts a server
+    env = {**os.environ, "LOGBROKER_MASK_PATTERNS": value, "LOGBROKER_REDIS_URL": "redis://127.0.0.1:1/0"}
     done = subprocess.run(
         [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
     )
