@@ -6,6 +6,7 @@ exact; a retried ingest request is still a duplicate (the fingerprint is the mas
 from __future__ import annotations
 
 import logging
+import multiprocessing
 from typing import Any
 
 import pytest
@@ -104,6 +105,32 @@ def test_the_sync_publisher_and_the_logging_handler_mask_too(
     ]
     assert read_meta(redis_client, "sync-1").masked == 3
     assert_not_stored(redis_client, SYNC_SECRET)
+
+
+_FORK_PUBLISHER: SyncPublisher | None = None
+
+
+def _child_publishes() -> None:
+    """In a forked child: the parent's publisher, reset there (new src, empty buffer)."""
+    assert _FORK_PUBLISHER is not None
+    _FORK_PUBLISHER.job("fork-1").info(f"child {GIVEN} {ADDED}")
+    assert _FORK_PUBLISHER.flush().ok
+
+
+def test_a_forked_child_masks_what_its_parent_was_told(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    global _FORK_PUBLISHER
+    with SyncPublisher(redis_server.url, mask=[GIVEN]) as pub:
+        pub.mask(ADDED)
+        _FORK_PUBLISHER = pub
+        child = multiprocessing.get_context("fork").Process(target=_child_publishes)
+        child.start()
+        child.join(30)
+        _FORK_PUBLISHER = None
+    assert child.exitcode == 0
+    assert [e["msg"] for e in read_job(redis_client, "fork-1")] == ["child [MASKED] [MASKED]"]
+    assert_not_stored(redis_client, GIVEN, ADDED)
 
 
 def test_a_short_mask_value_is_refused_with_a_clear_error(redis_server: RedisServer) -> None:
