@@ -79,10 +79,22 @@ def _scrub(value: Any) -> Any:
     return value
 
 
-def pack_control(step: str, worker: str, src: str, seq: int, kind: int, status: str, body: bytes) -> bytes:
-    """One element of a write batch: what the Lua script needs to route, count and dedupe."""
+def pack_control(
+    step: str, worker: str, src: str, seq: int, kind: int, status: str, body: bytes, masked: int = 0
+) -> bytes:
+    """One element of a write batch: what the Lua script needs to route, count and dedupe.
+
+    An entry in which secrets were masked carries a ninth element, how many (the script sums it
+    into the job's meta); every other entry keeps the eight, so masking costs them nothing."""
     packed: bytes = _pack_raw([step, worker, src, seq, kind, status, body])
-    return _CONTROL_HEADER + packed[1:] + _packed_fingerprint(body, _TS_AT)
+    item = _CONTROL_HEADER + packed[1:] + _packed_fingerprint(body, _TS_AT)
+    return _with_masked(item, masked) if masked else item
+
+
+def _with_masked(item: bytes, masked: int) -> bytes:
+    """An eight-element control tuple with the masked count appended as its ninth."""
+    count: bytes = _pack_raw(masked)
+    return _CONTROL_HEADER_MASKED + item[1:] + count
 
 
 # The body's time sits at this offset (after the array header and the version); a line's control
@@ -108,7 +120,9 @@ def pack_item(d: Draft, src: str | None, seq: int | None) -> bytes:
     """A draft as one element of a write batch (its body nested inside)."""
     body = pack_body(d.ts_ms, d.level, d.kind, d.text, d.step, d.worker, d.parent, d.status, d.job_name,
                      d.job_type, src, seq, d.fields)  # fmt: skip
-    return pack_control(d.step or "", d.worker or "", src or "", seq or 0, d.kind, d.status or "", body)
+    return pack_control(
+        d.step or "", d.worker or "", src or "", seq or 0, d.kind, d.status or "", body, d.masked
+    )
 
 
 class LinePacker:
@@ -138,7 +152,11 @@ class LinePacker:
         self._body_mid = _packb([step, worker, parent, None, job_name, job_type, src])[1:]
         self._control_head = _CONTROL_HEADER + _pack_raw([step or "", worker or "", src])[1:]
 
-    def pack(self, ts_ms: int, level: int, text: str, seq: int, fields: dict[str, Any] | None) -> bytes:
+    def pack(
+        self, ts_ms: int, level: int, text: str, seq: int, fields: dict[str, Any] | None, masked: int = 0
+    ) -> bytes:
+        if masked:
+            return _with_masked(self.pack(ts_ms, level, text, seq, fields), masked)
         try:
             head = _packb([BODY_VERSION, ts_ms, level, KIND_LOG, text])
             tail = b"\xc0" if fields is None else _packb(fields)
@@ -171,6 +189,7 @@ def _raw_header(n: int) -> bytes:
 
 
 _CONTROL_HEADER = b"\x98"  # [step, worker, src, seq, kind, status, body, fingerprint]
+_CONTROL_HEADER_MASKED = b"\x99"  # ... and the number of values masked in the entry
 _BODY_HEADER = bytes((0x90 | _BODY_LEN,))
 _LOG_CONTROL_MIDDLE = _pack_raw(KIND_LOG) + _pack_raw("")  # kind, status of a log line
 

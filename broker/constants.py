@@ -55,6 +55,7 @@ META_ENDED_MS: Final = "ended_ms"
 META_FIRST_ID: Final = "first_id"  # the job's first entry ever: a gap shows when it was trimmed
 META_LAST_ID: Final = "last_id"
 META_END_ID: Final = "end_id"  # the end entry: a stream past it answers 204
+META_MASKED: Final = "masked"  # secrets masked in the job's stored entries (broker.masking)
 # Per step, worker and publisher: ``<tag>SEP<name>SEP<attribute>`` (a worker's name is
 # ``<step>SEP<worker>``); e.g. ``s\x1fbuild\x1fn`` is step build's entry count (and line counter).
 META_STEP: Final = "s"

@@ -16,7 +16,7 @@ import secrets
 import socket
 import sys
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from .constants import KINDS, LEVELS, META_PUBLISHER, META_SEP, META_SEQ
 from .delivery import Backoff, Outcome, is_retryable
 from .entry import kind_number, level_number
 from .errors import PublisherClosed
+from .masking import Masker
 from .outbox import Batch, DeliveryReport, LineOrigin, Offer, Outbox
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,11 @@ class PublisherHealth:
 class PublisherCore:
     """Base of :class:`Publisher` and :class:`SyncPublisher`; not used on its own."""
 
-    def __init__(self, config: PublisherConfig | None) -> None:
+    def __init__(self, config: PublisherConfig | None, mask: Iterable[str] | None = ()) -> None:
         self.config = config or PublisherConfig()
+        values = [mask] if isinstance(mask, str) else list(mask or ())  # a bare string is one value
+        # None: nothing to mask, and the hot path makes no masking call at all
+        self._masker = Masker(values) if values else None
         self._pid = os.getpid()
         self._reset()
         self._closed = False
@@ -64,10 +68,21 @@ class PublisherCore:
         self.src = self.config.src and (f"{self.config.src}:{self._pid}" if forked else self.config.src)
         self.src = self.src or default_src()
         self._resumed: set[str] = set()
-        self._outbox = Outbox(self.config, self.src)
+        self._outbox = Outbox(self.config, self.src, self._masker)  # a forked child masks the same
         self._backoff = Backoff()
         self._connected = False
         self._last_error: str | None = None
+
+    def mask(self, value: str) -> None:
+        """Mask ``value`` (at least 4 characters) in ``msg`` and string ``fields`` of every entry
+        published from now on, in every job: GitHub's ``::add-mask::``. Entries already queued
+        were packed as they were; mask a secret before anything can print it."""
+        with self._outbox.lock:
+            if self._masker is None:
+                self._masker = Masker([value])
+                self._outbox.masker = self._masker
+            else:
+                self._masker.add(value)
 
     def _after_fork_in_child(self) -> None:
         self._reset()

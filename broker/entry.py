@@ -25,6 +25,7 @@ from .constants import (
     MAX_STATUS_LEN,
 )
 from .errors import InvalidEntry
+from .masking import Masker
 
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 _SURROGATE_RE = re.compile("[\ud800-\udfff]")
@@ -123,17 +124,22 @@ def check_identity(step: object, worker: object, parent: object) -> tuple[str | 
     return s, w, p
 
 
-def clip_message(msg: object, max_bytes: int) -> str:
-    """Cut an oversized message at a character boundary and say so in the message itself.
+def as_text(msg: object) -> str:
+    """A message as text: bytes are decoded as UTF-8 with replacement characters, so a worker
+    printing binary garbage gets a visible ``\ufffd`` rather than an exception."""
+    if type(msg) is str:  # one cheap test for nearly every message (a union isinstance is not)
+        return msg
+    if isinstance(msg, bytes | bytearray | memoryview):
+        return bytes(msg).decode("utf-8", "replace")
+    if not isinstance(msg, str):
+        raise InvalidEntry("msg", f"must be a string, got {type(msg).__name__}")
+    return msg
 
-    Bytes are decoded as UTF-8 with replacement characters, so a worker printing binary garbage
-    gets a visible ``\ufffd`` rather than an exception.
-    """
-    if type(msg) is not str:  # one cheap test for nearly every message (a union isinstance is not)
-        if isinstance(msg, bytes | bytearray | memoryview):
-            msg = bytes(msg).decode("utf-8", "replace")
-        elif not isinstance(msg, str):
-            raise InvalidEntry("msg", f"must be a string, got {type(msg).__name__}")
+
+def clip_message(msg: object, max_bytes: int) -> str:
+    """Cut an oversized message at a character boundary and say so in the message itself."""
+    if type(msg) is not str:
+        msg = as_text(msg)
     if len(msg) * 4 <= max_bytes:
         return msg
     raw = msg.encode("utf-8", "surrogatepass")
@@ -202,6 +208,7 @@ class Draft(NamedTuple):
     job_name: str | None
     job_type: str | None
     ts_ms: int
+    masked: int = 0  # values masked in text and fields (``broker.masking``), summed into the job's meta
 
 
 def make_draft(
@@ -219,14 +226,23 @@ def make_draft(
     job_type: object = None,
     ts_ms: int | None = None,
     max_message_bytes: int,
+    masker: Masker | None = None,
 ) -> Draft:
     """Every check of an entry, and the one place where a status line gets its identification
-    (docs/design.md §10.2): whoever writes a status or end entry, publisher or ingest, goes through here."""
+    (docs/design.md §10.2): whoever writes a status or end entry, publisher or ingest, goes through here.
+
+    With a ``masker``, secrets are masked here, before anything is packed; the message is masked
+    before it is clipped, so a clip never leaves half a secret unmasked."""
     s, w, p = check_identity(step, worker, parent)
     name = check_name("job_name", job_name)
     type_ = check_name("job_type", job_type)
-    text = clip_message(msg, max_message_bytes)
     clean_fields = check_fields(fields) if fields is not None else None
+    masked = 0
+    if masker is not None:
+        masked_text, clean_fields, masked = masker.mask(as_text(msg), clean_fields)
+        text = clip_message(masked_text, max_message_bytes)
+    else:
+        text = clip_message(msg, max_message_bytes)
     checked_status = None
     if kind != KIND_LOG:
         checked_status = check_status(status)
@@ -241,7 +257,7 @@ def make_draft(
         ts_ms = time.time_ns() // 1_000_000
     elif not isinstance(ts_ms, int) or isinstance(ts_ms, bool) or not _MIN_TS_MS <= ts_ms <= _MAX_TS_MS:
         raise InvalidEntry("ts", f"must be milliseconds since 1970 within years 1..9999, got {ts_ms!r:.40}")
-    return Draft(level, kind, text, s, w, p, checked_status, clean_fields, name, type_, ts_ms)
+    return Draft(level, kind, text, s, w, p, checked_status, clean_fields, name, type_, ts_ms, masked)
 
 
 def _describe(

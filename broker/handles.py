@@ -38,6 +38,8 @@ class Sink(Protocol[R_co]):
         self, origin: _Scope[Any], level: str | int, msg: object, fields: dict[str, Any] | None
     ) -> R_co: ...
 
+    def mask(self, value: str) -> None: ...
+
 
 class _Scope(Generic[R]):
     __slots__ = ("_packer", "_sink", "job", "job_name", "job_type", "parent", "step_name", "worker_name")
@@ -70,6 +72,12 @@ class _Scope(Generic[R]):
                 src, self.step_name, self.worker_name, self.parent, self.job_name, self.job_type
             )
         return packer
+
+    def mask(self, value: str) -> None:
+        """``::add-mask::``: ``value`` is masked in everything the publisher writes from now on
+        (every job: a secret is one wherever it shows). Takes effect at once, in both publishers:
+        nothing to await."""
+        self._sink.mask(value)
 
     def debug(self, msg: object, **fields: Any) -> R:
         return self.log("debug", msg, **fields)

@@ -20,6 +20,7 @@ from .constants import (
     META_JOB_ENTRIES,
     META_LAST,
     META_LAST_ID,
+    META_MASKED,
     META_NAME,
     META_PUBLISHER,
     META_SEP,
@@ -67,12 +68,13 @@ class JobMeta:
     first_id: str | None = None
     last_id: str | None = None
     end_id: str | None = None  # the end entry, once the job has ended
+    masked: int = 0  # secrets masked in the stored entries (docs/design.md §3)
     steps: dict[str, StepMeta] = field(default_factory=dict)
     publishers: dict[str, PublisherMeta] = field(default_factory=dict)
 
 
 # the meta fields that are JobMeta attributes of the same name
-_INTS = {META_CREATED_MS, META_UPDATED_MS, META_ENDED_MS}
+_INTS = {META_CREATED_MS, META_UPDATED_MS, META_ENDED_MS, META_MASKED}
 _STRS = {META_NAME, META_TYPE, META_STATUS, META_FIRST_ID, META_LAST_ID, META_END_ID}
 
 

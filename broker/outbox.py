@@ -23,7 +23,8 @@ from typing import Any, Protocol
 from .codec import LinePacker, pack_item
 from .config import PublisherConfig
 from .constants import KIND_LOG, LEVELS, OVERFLOW_BLOCK, OVERFLOW_DROP_OLDEST
-from .entry import Draft, check_fields, check_job_id, clip_message, make_draft
+from .entry import Draft, as_text, check_fields, check_job_id, clip_message, make_draft
+from .masking import Masker
 from .script import WriteResult
 
 _WARNING = LEVELS["warning"]
@@ -101,9 +102,10 @@ class DeliveryReport:
 
 
 class Outbox:
-    def __init__(self, config: PublisherConfig, src: str) -> None:
+    def __init__(self, config: PublisherConfig, src: str, masker: Masker | None = None) -> None:
         self.config = config
         self.src = src
+        self.masker = masker  # None: nothing to mask, and no masking call on any entry
         self.lock = threading.Lock()
         self._keyspace = config.keyspace
         self._queues: dict[str, _JobQueue] = {}
@@ -137,7 +139,7 @@ class Outbox:
         d = make_draft(
             job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
             fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
-            max_message_bytes=self.config.max_message_bytes,
+            max_message_bytes=self.config.max_message_bytes, masker=self.masker,
         )  # fmt: skip
         with self.lock:
             q = self._queue_of(job, d.job_name, d.job_type)
@@ -148,14 +150,23 @@ class Outbox:
     def offer_line(self, origin: LineOrigin, level: int, msg: object, fields: dict[str, Any] | None) -> Offer:
         """``offer`` for a handle's log line, the hot path: the handle checked its identity once
         when it was made, and its packer packs the part that never changes once."""
-        text = clip_message(msg, self.config.max_message_bytes)
         clean = check_fields(fields) if fields is not None else None
+        masker = self.masker
+        if masker is None:
+            text = clip_message(msg, self.config.max_message_bytes)
+            masked = 0
+        else:  # masked before clipping: a clip never leaves half a secret
+            raw, masked = masker.mask_text(msg if type(msg) is str else as_text(msg))
+            if clean is not None:
+                clean, in_fields = masker.mask_value(clean)
+                masked += in_fields
+            text = clip_message(raw, self.config.max_message_bytes)
         ts_ms = time.time_ns() // 1_000_000
         pack = origin.packer(self.src).pack
         with self.lock:
             q = self._queue_of(origin.job, origin.job_name, origin.job_type)
-            item = pack(ts_ms, level, text, q.next_seq, clean)
-            return self._enqueue(q, item, lambda seq: pack(ts_ms, level, text, seq, clean))
+            item = pack(ts_ms, level, text, q.next_seq, clean, masked)
+            return self._enqueue(q, item, lambda seq: pack(ts_ms, level, text, seq, clean, masked))
 
     def _queue_of(self, job: str, job_name: str | None, job_type: str | None) -> _JobQueue:
         """The job's queue, named as its newest entry names the job. Called under the lock."""

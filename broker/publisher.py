@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import suppress
 from types import TracebackType
 from typing import Any
@@ -35,10 +35,11 @@ class Publisher(PublisherCore):
         redis_client: AsyncRedis | str = "redis://127.0.0.1:6379/0",
         *,
         config: PublisherConfig | None = None,
+        mask: Iterable[str] | None = (),
     ) -> None:
         self._url = redis_client if isinstance(redis_client, str) else None
         self._injected = None if isinstance(redis_client, str) else redis_client
-        super().__init__(config)
+        super().__init__(config, mask)
 
     def _reset(self) -> None:
         super()._reset()

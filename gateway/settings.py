@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
@@ -19,6 +21,7 @@ from broker.constants import (
     DEFAULT_STREAM_MAXLEN,
 )
 from broker.keys import Keyspace
+from broker.masking import BUILTIN_PATTERNS, Masker, compile_pattern
 from broker.script import Retention
 
 MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: an HS256 key is at least as long as the hash (256 bits)
@@ -99,6 +102,10 @@ class GatewaySettings(BaseSettings):
     otlp_step_attribute: str = Field("cicd.pipeline.task.name", min_length=1)
     otlp_worker_attribute: str = Field("cicd.worker.id", min_length=1)
     otlp_worker_fallback_attribute: str = Field("service.instance.id", min_length=1)
+    # secret masking of what the gateway ingests (docs/design.md §2): a JSON array of regexes, and
+    # whether the built-in credential formats (broker.masking.BUILTIN_PATTERNS) are masked too
+    mask_patterns: Annotated[tuple[str, ...], NoDecode] = ()
+    mask_builtin: bool = True
     # retention applied to what the gateway ingests (docs/design.md §3)
     stream_maxlen: int = Field(DEFAULT_STREAM_MAXLEN, ge=0)
     idle_ttl_s: int = Field(DEFAULT_IDLE_TTL_S, ge=0)
@@ -125,6 +132,22 @@ class GatewaySettings(BaseSettings):
         if isinstance(value, list | tuple):
             return tuple(check_origin(str(origin)) for origin in value)
         return value
+
+    @field_validator("mask_patterns", mode="before")
+    @classmethod
+    def _mask_patterns(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except ValueError:
+                raise ValueError(
+                    'LOGBROKER_MASK_PATTERNS must be a JSON array of regexes, e.g. ["token=\\\\w+"]'
+                ) from None
+        if not isinstance(value, list | tuple) or not all(isinstance(p, str) for p in value):
+            raise ValueError("LOGBROKER_MASK_PATTERNS must be a JSON array of strings (regexes)")
+        for pattern in value:
+            compile_pattern(pattern)  # InvalidConfig (a ValueError) names the bad pattern
+        return tuple(value)
 
     @field_validator("sentinels", mode="before")
     @classmethod
@@ -163,3 +186,15 @@ class GatewaySettings(BaseSettings):
     @property
     def retention(self) -> Retention:
         return Retention(self.stream_maxlen, self.idle_ttl_s, self.ended_ttl_s)
+
+    @property
+    def masker(self) -> Masker | None:
+        """What ingest masks (``None``: nothing); built once per distinct setting."""
+        return _masker(self.mask_patterns, self.mask_builtin)
+
+
+@functools.lru_cache(maxsize=8)
+def _masker(patterns: tuple[str, ...], builtin: bool) -> Masker | None:
+    if not patterns and not builtin:
+        return None
+    return Masker(patterns=(*(BUILTIN_PATTERNS if builtin else ()), *patterns))

@@ -5,9 +5,10 @@
 --       fingerprint string ``<KEYS[4]>:<src>``, named from KEYS[4] (one slot: cluster-safe).
 -- ARGV: 1 job id, 2 MAXLEN (0 = unbounded), 3 idle TTL s (0 = none), 4 TTL s after the end,
 --       5 job name ('' = keep), 6 job type ('' = keep),
---       7 msgpack array of control tuples {step, worker, src, seq, kind, status, body, fingerprint}
---         ('' = not set; seq 0 = no idempotency; kind 0 log, 1 status, 2 end; fingerprint: 4 bytes,
---         the body's CRC-32 without its time).
+--       7 msgpack array of control tuples {step, worker, src, seq, kind, status, body, fingerprint
+--         [, masked]} ('' = not set; seq 0 = no idempotency; kind 0 log, 1 status, 2 end;
+--         fingerprint: 4 bytes, the body's CRC-32 without its time; masked: how many secrets the
+--         writer masked in the entry, only when some were, summed into the meta field 'masked').
 -- Returns {duplicates, {id, ...}, refused, {position, reason, ...}} with the ids of the entries
 -- stored by this call, in order, how many entries were refused because the job had ended before
 -- them, and the batch positions (1-based) of the entries refused as seq conflicts with why
@@ -137,6 +138,7 @@ local function tally(field)
   return t
 end
 local job_tally = tally('n')
+local masked_tally = tally('masked')  -- secrets masked in the stored entries (not in duplicates)
 
 local function src_of(src)
   local s = srcs[src]
@@ -427,6 +429,7 @@ for pos, e in ipairs(batch) do
     st.line, st.last, st.moved = line, id, true
     if st.first == nil then st.first = id end
     job_tally.cnt = job_tally.cnt + 1
+    if e[9] then masked_tally.cnt = masked_tally.cnt + e[9] end
     if s then
       s.cnt = s.cnt + 1
       if seq > 0 then

@@ -187,7 +187,7 @@ def _validate(settings: GatewaySettings, job: str, objects: list[tuple[str, obje
 
 
 def entry_of(settings: GatewaySettings, job: str, obj: object) -> Parsed:
-    """One entry object, checked and packed (packing checks the size of ``fields``)."""
+    """One entry object, checked, masked and packed (packing checks the size of ``fields``)."""
     if not isinstance(obj, Mapping):
         raise InvalidEntry("entry", f"must be a JSON object, got {type(obj).__name__}")
     unknown = sorted(k for k in obj if k not in KEYS)
@@ -226,12 +226,37 @@ def parsed_entry(
     """The one way an HTTP write path (this JSON ingest, and OTLP in ``gateway.api.otlp``) makes
     an entry: checked by ``make_draft`` like a publisher's, with the gateway's limits, then packed."""
     checked_src, checked_seq = _source(src, seq)
-    draft = make_draft(
-        job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
-        fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
-        max_message_bytes=settings.max_message_bytes,
+    draft = ingest_draft(
+        settings, job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent,
+        status=status, fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
     )  # fmt: skip
     return Parsed(draft, checked_src, checked_seq, pack_item(draft, checked_src, checked_seq))
+
+
+def ingest_draft(
+    settings: GatewaySettings,
+    job: str,
+    msg: object,
+    *,
+    level: int,
+    kind: int,
+    step: object = None,
+    worker: object = None,
+    parent: object = None,
+    status: object = None,
+    fields: object = None,
+    job_name: object = None,
+    job_type: object = None,
+    ts_ms: int | None = None,
+) -> Draft:
+    """``make_draft`` as every ingest route of the gateway (this JSON one, OTLP) must call it:
+    with the gateway's message limit and its secret masking (``LOGBROKER_MASK_PATTERNS`` and the
+    built-in credential formats, docs/design.md §2), so no route can store an unmasked entry."""
+    return make_draft(
+        job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
+        fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
+        max_message_bytes=settings.max_message_bytes, masker=settings.masker,
+    )  # fmt: skip
 
 
 def _source(src: object, seq: object) -> tuple[str | None, int | None]:

@@ -201,6 +201,7 @@ def _detail(meta: JobMeta) -> dict[str, Any]:
         "last_id": meta.last_id,
         "end_id": meta.end_id,
         "job_entries": meta.job_entries,
+        "masked": meta.masked,
         "steps": {name: _step(step) for name, step in steps},
         "publishers": {
             src: {"entries": pub.entries, "last_seq": pub.last_seq} for src, pub in meta.publishers.items()

@@ -194,6 +194,7 @@ def _schemas(settings: GatewaySettings) -> dict[str, Schema]:
                 **first_last,
                 "end_id": _nullable(ENTRY_ID),
                 "job_entries": COUNT,
+                "masked": COUNT,
                 "steps": _map(_ref("StepMeta")),
                 "publishers": _map(_obj({"entries": COUNT, "last_seq": COUNT})),
             }

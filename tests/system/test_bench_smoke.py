@@ -278,3 +278,28 @@ def test_otlp_ingest_smoke_run_stores_every_entry_of_every_part() -> None:
         assert result[part]["verified"] is True and result[part]["entries_per_s"] > 0, part
     assert result["otlp_protobuf"]["gateway_cpu_s"] > 0
     assert list(result["goals"]) == ["otlp_eps>=50000"]
+
+
+MASK_SCRIPT = ROOT / "benchmarks" / "mask.py"
+MASK_VARIANTS = ("mask5", "mask5_hits")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(130)
+def test_mask_smoke_run_measures_each_variant_and_counts_exactly() -> None:
+    """benchmarks/mask.py --smoke: the publisher without masking and with 5 values, A/B in one run
+    (every entry stored, the meta's masked count exact: ``verified``), the producer's CPU per line,
+    and ingest's prepare with masking off, the built-ins and 5 operator patterns more."""
+    proc = subprocess.run(
+        [sys.executable, str(MASK_SCRIPT), "--smoke"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result: dict[str, Any] = json.loads(proc.stdout)
+    assert result["verified"] is True and result["mask_values"] == 5
+    assert set(result["publish_cost"]) == set(result["offer_line_cost"]) == set(MASK_VARIANTS)
+    for table in ("publish_eps", "offer_line_cpu_us"):
+        assert set(result[table]) == {"none", *MASK_VARIANTS}
+        assert all(v > 0 for v in result[table].values()), table
+    assert set(result["ingest_prepare_eps"]) == {"none", "builtin", "builtin_plus5"}
+    assert all(v > 0 for v in result["ingest_prepare_eps"].values())
+    assert isinstance(result["goals"]["mask5_cost<=15%"], bool)

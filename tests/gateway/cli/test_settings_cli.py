@@ -263,3 +263,32 @@ def test_serve_raises_its_open_file_limit_to_what_max_clients_needs(
         assert (
             soft == hard and "is below the" in log.read_text() and "LOGBROKER_MAX_CLIENTS" in log.read_text()
         )
+
+
+def test_mask_patterns_are_a_json_array_of_regexes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOGBROKER_MASK_PATTERNS", r'["corp-\\d{6}", "a,b"]')
+    s = GatewaySettings()
+    assert s.mask_patterns == (r"corp-\d{6}", "a,b")
+    assert s.masker is not None and s.masker.mask_text("corp-123456 a,b") == ("[MASKED] [MASKED]", 2)
+    assert GatewaySettings(mask_builtin=False, mask_patterns=()).masker is None, "nothing configured: no cost"
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ('["ok", "a(b"]', "mask pattern 'a(b' is not a valid regular expression"),
+        ('["x(?i)y"]', "mask pattern 'x(?i)y' is not a valid regular expression: global flags"),
+        ('[".*"]', "mask pattern '.*' matches the empty string"),
+        ("corp-\\d+", "LOGBROKER_MASK_PATTERNS must be a JSON array of regexes"),
+        ('{"a": 1}', "LOGBROKER_MASK_PATTERNS must be a JSON array of strings"),
+        ("[1]", "LOGBROKER_MASK_PATTERNS must be a JSON array of strings"),
+    ],
+)
+def test_a_bad_mask_pattern_stops_the_gateway_naming_it(value: str, said: str) -> None:
+    # a Redis URL: a gateway that took the setting fails on the closed port, never starts a server
+    env = {**os.environ, "LOGBROKER_MASK_PATTERNS": value, "LOGBROKER_REDIS_URL": "redis://127.0.0.1:1/0"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 2
+    assert "invalid setting" in done.stderr and said in done.stderr, done.stderr
