@@ -39,13 +39,14 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class AttributeNames:
-    """The attribute each entry key is read from (``LOGBROKER_OTLP_*_ATTRIBUTE`` override them)."""
+    """The attribute each entry key is read from: ``LOGBROKER_OTLP_*_ATTRIBUTE`` (their defaults,
+    the CI/CD semantic conventions, live in ``GatewaySettings``)."""
 
-    job: str = "cicd.pipeline.run.id"
-    job_name: str = "cicd.pipeline.name"
-    step: str = "cicd.pipeline.task.name"
-    worker: str = "cicd.worker.id"
-    worker_fallback: str = "service.instance.id"
+    job: str
+    job_name: str
+    step: str
+    worker: str
+    worker_fallback: str
     src: str = "logbroker.src"
     seq: str = "logbroker.seq"
 

@@ -10,9 +10,11 @@ import pytest
 from opentelemetry.proto.collector.logs.v1.logs_service_pb2 import ExportLogsServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
-from gateway.otlp_mapping import AttributeNames, Mapped, Rejected, level_of, map_request, value_of
+from gateway.api.otlp import attribute_names
+from gateway.otlp_mapping import Mapped, Rejected, level_of, map_request, value_of
+from gateway.settings import GatewaySettings
 
-NAMES = AttributeNames()
+NAMES = attribute_names(GatewaySettings())  # the defaults: the CI/CD semantic conventions
 
 
 def request(resource: list[KeyValue], *records: dict[str, Any]) -> ExportLogsServiceRequest:

@@ -163,6 +163,7 @@ def test_sentinel_failover_loses_no_confirmed_entry(sentinel_set: SentinelSet) -
     _check(read_job(redis.Redis(port=new), "sfail"), confirmed)  # type: ignore[arg-type]
 
 
+@pytest.mark.server_matrix(first_only=True)  # 25-30 s of cluster timeouts; Cluster itself runs on all
 async def test_cluster_master_failover_with_replica_acks_while_streaming(
     tmp_path: Path, aiohttp_client: AiohttpClient, server_kind: ServerKind
 ) -> None:

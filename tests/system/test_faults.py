@@ -137,6 +137,7 @@ def test_connections_killed_while_publishing(redis_server_factory: ServerFactory
     killer.close()
 
 
+@pytest.mark.server_matrix(first_only=True)  # the publisher's buffering while no server answers
 def test_redis_unreachable_for_5s_then_everything_arrives(redis_server_factory: ServerFactory) -> None:
     server = redis_server_factory(appendonly=True)
     pub = SyncPublisher(server.url, config=FAST_FAIL)
