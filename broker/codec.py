@@ -11,6 +11,7 @@ src, seq, fields]`` with level and kind as numbers (see ``constants``).
 from __future__ import annotations
 
 import functools
+import struct
 import zlib
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -111,6 +112,10 @@ def content_fingerprint(body: bytes | memoryview, ts_at: int = _TS_AT) -> bytes:
     return zlib.crc32(memoryview(body)[after_ts:]).to_bytes(4, "big")
 
 
+_crc32 = zlib.crc32
+_pack_print = struct.Struct(">BI").pack  # a fingerprint as the fixstr of 4 bytes (0xa4) it is sent as
+
+
 def _packed_fingerprint(body: bytes | memoryview, ts_at: int) -> bytes:
     """The fingerprint as the msgpack str of 4 bytes the script compares (cmsgpack reads raw)."""
     return b"\xa4" + content_fingerprint(body, ts_at)
@@ -168,10 +173,12 @@ class LinePacker:
         size = len(head) + len(self._body_mid) + len(packed_seq) + len(tail)
         # every ordinary line is 32 bytes to 64 KiB: its header inline, a call per line saved
         body_header = b"\xda" + size.to_bytes(2, "big") if 32 <= size < 0x10000 else _raw_header(size)
-        item = b"".join((self._control_head, packed_seq, _LOG_CONTROL_MIDDLE, body_header,
-                         _BODY_HEADER, head[1:], self._body_mid, packed_seq, tail))  # fmt: skip
-        body_at = len(item) - size
-        return item + _packed_fingerprint(memoryview(item)[body_at:], _TS_AT)
+        # content_fingerprint(body), from the parts: the body after its time is head[after_ts:]
+        # (same offsets: _BODY_HEADER stands where head's array header was), then the rest
+        crc = _crc32(head[_TS_AT + _INT_SIZES.get(head[_TS_AT], 1) :])
+        crc = _crc32(tail, _crc32(packed_seq, _crc32(self._body_mid, crc)))
+        return b"".join((self._control_head, packed_seq, _LOG_CONTROL_MIDDLE, body_header, _BODY_HEADER,
+                         head[1:], self._body_mid, packed_seq, tail, _pack_print(0xA4, crc)))  # fmt: skip
 
     def _generic(self, ts_ms: int, level: int, text: str, seq: int, fields: dict[str, Any] | None) -> bytes:
         step, worker, parent, job_name, job_type = self._identity
