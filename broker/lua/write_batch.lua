@@ -44,6 +44,7 @@ local dirty = {}      -- meta fields whose counter changed
 local sets = {}       -- meta field -> string, last write wins
 local firsts = {}     -- meta field -> string, written only if absent
 local ended = false   -- an end entry stored by this call
+local ended_srcs = {}  -- then: every src of the job (its totals' publishers)
 local closed = redis.call('HEXISTS', meta, 'end_id') == 1   -- the job has an end entry
 
 local function counter(field)
@@ -418,7 +419,9 @@ for pos, e in ipairs(batch) do
       -- the end entry's own counts are not part of its totals
       fold()
       flush()
-      id = redis.call('XADD', stream, '*', 'l', line, 'b', e[7], 't', cmsgpack.pack(totals()))
+      local job_totals = totals()
+      ended_srcs = job_totals.publishers  -- every src of the job: their fingerprints end with it
+      id = redis.call('XADD', stream, '*', 'l', line, 'b', e[7], 't', cmsgpack.pack(job_totals))
       ended, closed = true, true
       sets['status'] = e[6]
       sets['ended_ms'] = now
@@ -474,6 +477,7 @@ if ttl > 0 then
   redis.call('EXPIRE', meta, ttl)
   redis.call('EXPIRE', seqs_key, ttl)
   for _, key in ipairs(prints_keys) do redis.call('EXPIRE', key, ttl) end
+  for name in pairs(ended_srcs) do redis.call('EXPIRE', seqs_key .. ':' .. name, ttl) end
 end
 redis.call('ZADD', index, now, job)
 if idle_ttl > 0 then

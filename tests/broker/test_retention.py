@@ -52,6 +52,27 @@ def test_ttl_idle_then_ended_and_index_cleanup(redis_server: RedisServer, redis_
     assert redis_client.zscore(index, "long-gone") is None and redis_client.zscore(index, "ttl") is not None
 
 
+def test_every_key_of_a_job_takes_the_ended_ttl_whoever_writes_the_end(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    """The seq fingerprints are a key per src: a src that wrote earlier, not in the batch with the
+    end entry, must not outlive the job by the difference between the idle and the ended TTL."""
+    ks = Keyspace()
+    srcs = ("first", "second", "ender")
+    for src in srcs:
+        config = PublisherConfig(idle_ttl_s=1000, ended_ttl_s=50, src=src)
+        with SyncPublisher(redis_server.url, config=config) as pub:
+            job = pub.job("ttl-all")
+            job.info(f"{src} was here")
+            if src == "ender":
+                job.end("completed")
+            assert pub.flush().ok
+    seqs = ks.job_keys("ttl-all")[3]
+    keys = [ks.stream("ttl-all"), ks.meta("ttl-all"), *(f"{seqs}:{src}" for src in srcs)]
+    assert all(redis_client.exists(k) for k in keys)
+    assert all(0 < redis_client.ttl(k) <= 50 for k in keys), [redis_client.ttl(k) for k in keys]
+
+
 async def test_a_cursor_older_than_retention_gets_a_gap_event(
     make_gateway: MakeGateway, redis_server: RedisServer, redis_client: redis.Redis
 ) -> None:
