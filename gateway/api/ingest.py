@@ -26,12 +26,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 from aiohttp import web
+from prometheus_client import Counter
 
 from broker.codec import iso_to_ms, pack_item
 from broker.constants import DEFAULT_MAX_BATCH_BYTES, JSON, MAX_SEQ, NDJSON
@@ -68,19 +69,24 @@ class Parsed:
     item: bytes
 
 
-async def post_logs(request: web.Request) -> web.Response:
-    """Validate everything, then write; see the module docstring for retry semantics."""
-    gw = request.app[GATEWAY]
+async def counted(requests: Counter, answer: Awaitable[web.Response]) -> web.Response:
+    """``answer``, counted by its status in ``requests`` (errors raised as responses included)."""
     status = 500
     try:
-        response = await _ingest(gw, request)
+        response = await answer
         status = response.status
         return response
     except (ApiError, web.HTTPException) as e:
         status = e.status
         raise
     finally:
-        gw.metrics.ingest_requests.labels(status=str(status)).inc()
+        requests.labels(status=str(status)).inc()
+
+
+async def post_logs(request: web.Request) -> web.Response:
+    """Validate everything, then write; see the module docstring for retry semantics."""
+    gw = request.app[GATEWAY]
+    return await counted(gw.metrics.ingest_requests, _ingest(gw, request))
 
 
 async def _ingest(gw: Gateway, request: web.Request) -> web.Response:
@@ -224,39 +230,16 @@ def parsed_entry(
     seq: object = None,
 ) -> Parsed:
     """The one way an HTTP write path (this JSON ingest, and OTLP in ``gateway.api.otlp``) makes
-    an entry: checked by ``make_draft`` like a publisher's, with the gateway's limits, then packed."""
+    an entry: checked by ``make_draft`` like a publisher's, with the gateway's message limit and
+    its secret masking (``LOGBROKER_MASK_PATTERNS`` and the built-in credential formats,
+    docs/design.md §2), so no route can store an unmasked entry; then packed."""
     checked_src, checked_seq = _source(src, seq)
-    draft = ingest_draft(
-        settings, job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent,
-        status=status, fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
-    )  # fmt: skip
-    return Parsed(draft, checked_src, checked_seq, pack_item(draft, checked_src, checked_seq))
-
-
-def ingest_draft(
-    settings: GatewaySettings,
-    job: str,
-    msg: object,
-    *,
-    level: int,
-    kind: int,
-    step: object = None,
-    worker: object = None,
-    parent: object = None,
-    status: object = None,
-    fields: object = None,
-    job_name: object = None,
-    job_type: object = None,
-    ts_ms: int | None = None,
-) -> Draft:
-    """``make_draft`` as every ingest route of the gateway (this JSON one, OTLP) must call it:
-    with the gateway's message limit and its secret masking (``LOGBROKER_MASK_PATTERNS`` and the
-    built-in credential formats, docs/design.md §2), so no route can store an unmasked entry."""
-    return make_draft(
+    draft = make_draft(
         job, msg, level=level, kind=kind, step=step, worker=worker, parent=parent, status=status,
         fields=fields, job_name=job_name, job_type=job_type, ts_ms=ts_ms,
         max_message_bytes=settings.max_message_bytes, masker=settings.masker,
     )  # fmt: skip
+    return Parsed(draft, checked_src, checked_seq, pack_item(draft, checked_src, checked_seq))
 
 
 def _source(src: object, seq: object) -> tuple[str | None, int | None]:

@@ -42,7 +42,7 @@ from ..otlp_wire import PROTOBUF, BadOtlp, decode_request, encode_response
 from ..settings import GatewaySettings
 from .auth import AUTH, Grant, forbidden
 from .body import read_body
-from .ingest import _THREAD_BODY_BYTES, Parsed, _batches, _failure, parsed_entry
+from .ingest import _THREAD_BODY_BYTES, Parsed, _batches, _failure, counted, parsed_entry
 from .state import GATEWAY, Gateway
 
 log = logging.getLogger(__name__)
@@ -62,16 +62,7 @@ class Prepared:
 async def post_otlp_logs(request: web.Request) -> web.Response:
     """Errors are raised as ``ApiError``: ``error_middleware`` answers them as ``google.rpc.Status``."""
     gw = request.app[GATEWAY]
-    status = 500
-    try:
-        response = await _export(gw, request, _is_json(request))
-        status = response.status
-        return response
-    except (ApiError, web.HTTPException) as e:
-        status = e.status
-        raise
-    finally:
-        gw.metrics.otlp_requests.labels(status=str(status)).inc()
+    return await counted(gw.metrics.otlp_requests, _export(gw, request))
 
 
 def _is_json(request: web.Request) -> bool:
@@ -83,7 +74,8 @@ def _is_json(request: web.Request) -> bool:
     return ctype == JSON
 
 
-async def _export(gw: Gateway, request: web.Request, json_body: bool) -> web.Response:
+async def _export(gw: Gateway, request: web.Request) -> web.Response:
+    json_body = _is_json(request)
     body = await read_body(request, gw.settings.max_body_bytes)
     grant = request.get(AUTH)
     if len(body) > _THREAD_BODY_BYTES:

@@ -23,7 +23,6 @@ from broker.keys import Keyspace
 from broker.script import (
     SEQ_FRAGMENTED,
     SEQ_REUSED,
-    WRITE_BATCH_LUA,
     WRITE_BATCH_SHA,
     Retention,
     WriteResult,
@@ -31,26 +30,21 @@ from broker.script import (
     write_args,
 )
 from gateway.cli.redis_server import RedisServer
+from tests.support.helpers import script_constant, script_server
 from tests.support.servers import ServerKind
 
 pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py): the script's string ops
 
-WINDOW = 1024  # fingerprints kept per src (write_batch.lua)
-MAX_RANGES = 4096
+WINDOW = script_constant("WINDOW")  # fingerprints kept per src
+MAX_RANGES = script_constant("MAX_RANGES")
 NO_RETENTION = Retention(0, 0, 0)
 _jobs = itertools.count()
 
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, server_kind: ServerKind) -> Iterator[redis.Redis]:
-    server = RedisServer(tmp_path_factory.mktemp("seqs"), appendonly=False, binary=server_kind.binary).start()
-    c = redis.Redis.from_url(server.url)
-    assert c.script_load(WRITE_BATCH_LUA) == WRITE_BATCH_SHA
-    try:
+    with script_server(tmp_path_factory.mktemp("seqs"), server_kind.binary) as c:
         yield c
-    finally:
-        c.close()
-        server.stop()
 
 
 def line(seq: int, msg: str, src: str = "w", ts_ms: int = 1_764_000_000_000) -> bytes:

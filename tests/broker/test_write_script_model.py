@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from broker.codec import pack_control, unpack_totals
 from broker.keys import Keyspace
-from broker.script import WRITE_BATCH_LUA, WRITE_BATCH_SHA, Retention, write_args
-from gateway.cli.redis_server import RedisServer
+from broker.script import WRITE_BATCH_SHA, Retention, write_args
+from tests.support.helpers import script_server
 from tests.support.servers import ServerKind
 
 pytestmark = pytest.mark.server_matrix  # once per server (tests/conftest.py)
@@ -162,15 +162,8 @@ class Model:
 
 @pytest.fixture(scope="module")
 def client(tmp_path_factory: pytest.TempPathFactory, server_kind: ServerKind) -> Iterator[redis.Redis]:
-    folder = tmp_path_factory.mktemp("script-model")
-    server = RedisServer(folder, appendonly=False, binary=server_kind.binary).start()
-    c = redis.Redis.from_url(server.url)
-    assert c.script_load(WRITE_BATCH_LUA) == WRITE_BATCH_SHA
-    try:
+    with script_server(tmp_path_factory.mktemp("script-model"), server_kind.binary) as c:
         yield c
-    finally:
-        c.close()
-        server.stop()
 
 
 def write(client: redis.Redis, job: str, batch: list[Line]) -> tuple[int, int]:

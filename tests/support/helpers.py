@@ -4,16 +4,20 @@ gateway's answers (errors, subscribers); a client that never reads."""
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import redis
 
 from broker import Entry, Keyspace, decode_entry, parse_meta
 from broker.meta import JobMeta
+from broker.script import WRITE_BATCH_LUA, WRITE_BATCH_SHA
+from gateway.cli.redis_server import RedisServer
 
 
 def read_job(client: redis.Redis, job: str, keyspace: Keyspace | None = None) -> list[Entry]:
@@ -97,3 +101,24 @@ def stuck_client(port: int, job: str, query: str = "", last_event_id: str = "") 
         yield stuck
     finally:
         stuck.close()
+
+
+@contextmanager
+def script_server(folder: Path, binary: str) -> Iterator[redis.Redis]:
+    """A client of a fresh redis-server (no persistence) with the write script loaded, for tests
+    that call the script directly."""
+    server = RedisServer(folder, appendonly=False, binary=binary).start()
+    client = redis.Redis.from_url(server.url)
+    assert client.script_load(WRITE_BATCH_LUA) == WRITE_BATCH_SHA
+    try:
+        yield client
+    finally:
+        client.close()
+        server.stop()
+
+
+def script_constant(name: str) -> int:
+    """A ``local NAME = <int>`` of the write script: the tests read its limits from their one home."""
+    found = re.search(rf"^local {name} = (\d+)", WRITE_BATCH_LUA, re.M)
+    assert found, f"write_batch.lua has no local {name}"
+    return int(found.group(1))
